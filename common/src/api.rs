@@ -1,1 +1,122 @@
-//! TODO
+//! The D-Bus contract of `io.otpatch.Daemon1`, shared by the daemon (which serves it) and `otpatchctl`.
+//!
+//! The interface as introspected is committed in `daemon/dist/io.otpatch.Daemon1.xml`; a test checks that the
+//! live daemon matches it. Times on the wire are Unix seconds (`x`); durations are text (`"90m"`).
+
+use serde::{Deserialize, Serialize};
+use zbus::Type;
+
+/// Well-known bus name the daemon owns on the system bus.
+pub const BUS_NAME: &str = "io.otpatch.Daemon1";
+/// Object path of the daemon's single object.
+pub const OBJECT_PATH: &str = "/io/otpatch/Daemon1";
+/// Interface name.
+pub const INTERFACE: &str = "io.otpatch.Daemon1";
+
+/// D-Bus error names the daemon replies with. Clients match on these, so they are stable.
+pub mod errors {
+    /// The caller is neither root nor in the policy's access group (or the bus policy refused it).
+    pub const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+    /// An argument could not be read (bad time, duration, id...).
+    pub const INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+    /// A window was refused (overlap, in the past, too long...).
+    pub const WINDOW_REFUSED: &str = "io.otpatch.Error.WindowRefused";
+    /// No such window.
+    pub const NOT_FOUND: &str = "io.otpatch.Error.NotFound";
+    /// The request does not fit the daemon's current state (e.g. `Apply` with no open window).
+    pub const INVALID_STATE: &str = "io.otpatch.Error.InvalidState";
+    /// A new policy was rejected; the running one stays in force.
+    pub const POLICY_REJECTED: &str = "io.otpatch.Error.PolicyRejected";
+    /// Anything else that went wrong inside the daemon.
+    pub const FAILED: &str = "io.otpatch.Error.Failed";
+}
+
+/// One window as `ListWindows` returns it: `(id, source, timezone, start, end, auto_start, status)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct WindowInfo {
+    pub id: String,
+    /// `one-off` or `recurring:<policy name>`.
+    pub source: String,
+    pub timezone: String,
+    /// Unix seconds.
+    pub start: i64,
+    /// Unix seconds (hard end).
+    pub end: i64,
+    pub auto_start: bool,
+    /// `scheduled`, `open` (open, waiting for `Apply`), `active` (work under way) or `done`.
+    pub status: String,
+}
+
+/// Progress as `(percent, message)`; percent is -1 when unknown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Progress {
+    pub percent: i32,
+    pub message: String,
+}
+
+/// Everything `otpatchctl status` shows, as one read (`GetStatus` returns it as JSON text, so that a SCADA
+/// integration that only wants a snapshot gets it in one call; the properties carry the same facts one by one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StatusSnapshot {
+    pub version: String,
+    pub gateway_id: String,
+    /// The engine state, e.g. `observing`.
+    pub state: String,
+    pub active_window: String,
+    /// End of the active window (Unix seconds), 0 when none.
+    pub active_window_end: i64,
+    pub next_window: String,
+    /// Start of the next window (Unix seconds), 0 when none.
+    pub next_window_start: i64,
+    pub last_error: String,
+    pub progress_percent: i32,
+    pub progress_message: String,
+    /// Outcome of the last window that closed (`committed`, `rolled-back: ...`, `failed: ...`, `up-to-date`).
+    pub last_outcome: String,
+    pub policy_sources: Vec<String>,
+    /// Whether segmentation is applied right now, as the firewall backend reports it.
+    pub segmentation_active: bool,
+}
+
+/// The proxy `otpatchctl` and tests use.
+#[zbus::proxy(interface = "io.otpatch.Daemon1", default_service = "io.otpatch.Daemon1", default_path = "/io/otpatch/Daemon1")]
+pub trait Daemon1 {
+    /// Schedules a one-off window. `start` is `YYYY-MM-DDTHH:MM[:SS]` local to `timezone` (empty: the
+    /// gateway's zone) or with an offset; `duration` like `90m`. Returns the new window's id.
+    fn schedule_window(&self, start: &str, duration: &str, timezone: &str, auto_start: bool) -> zbus::Result<String>;
+    /// Cancels a one-off window, or one occurrence of a recurring window, by id.
+    fn cancel_window(&self, id: &str) -> zbus::Result<()>;
+    /// Windows from now to `horizon_days` ahead (the open one included).
+    fn list_windows(&self, horizon_days: u32) -> zbus::Result<Vec<WindowInfo>>;
+    /// Starts work now inside the window that is open. Returns its id.
+    fn apply(&self) -> zbus::Result<String>;
+    /// Rolls back the active window's change (before it is committed).
+    fn rollback(&self) -> zbus::Result<()>;
+    /// Re-reads the policy; a bad policy is refused with its errors and the running one stays.
+    fn reload(&self) -> zbus::Result<()>;
+    /// A status snapshot as JSON (see [`StatusSnapshot`]).
+    fn get_status(&self) -> zbus::Result<String>;
+    /// Audit records as JSON lines, starting at sequence number `from_seq`, at most `max` of them.
+    fn get_audit_log(&self, from_seq: u64, max: u32) -> zbus::Result<Vec<String>>;
+
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn active_window(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn last_error(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn progress(&self) -> zbus::Result<(i32, String)>;
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+
+    /// A state transition of the engine.
+    #[zbus(signal)]
+    fn transition(&self, window: &str, from: &str, to: &str, event: &str) -> zbus::Result<()>;
+    /// A health verdict (`healthy`, `degraded`, `failed`) with its reason.
+    #[zbus(signal)]
+    fn health_verdict(&self, window: &str, verdict: &str, reason: &str) -> zbus::Result<()>;
+    /// A window closed with its outcome.
+    #[zbus(signal)]
+    fn window_completed(&self, window: &str, outcome: &str) -> zbus::Result<()>;
+}

@@ -1,1 +1,8 @@
-//! otpatchd
+//! The otpatch daemon as a library: the pure window [`engine`], the write-ahead [`journal`], the hash-chained
+//! [`audit`] log, the [`backend`] traits every capability plugs into, the [`orchestrator`] that runs a window
+//! through them, and the D-Bus [`service`].
+//!
+//! `main.rs` picks the real backends explicitly; the call-recording fakes in [`backend::fake`] exist only with
+//! the `fake-backends` feature (demo and process tests) and in unit tests.
+
+pub mod engine;

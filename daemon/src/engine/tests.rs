@@ -1,0 +1,423 @@
+use super::*;
+use proptest::prelude::*;
+
+fn window(id: &str) -> WindowCtx {
+    WindowCtx {
+        id: id.to_string(),
+        start: "2026-12-01T01:00:00Z".parse().unwrap(),
+        end: "2026-12-01T02:30:00Z".parse().unwrap(),
+        auto_start: true,
+    }
+}
+
+fn bundle_ref(n: u8) -> BundleRef {
+    BundleRef { path: format!("/var/lib/otpatch/bundles/b{n}.otb").into(), size: 1000 + n as u64 }
+}
+
+fn verified(n: u8) -> VerifiedBundle {
+    VerifiedBundle {
+        path: format!("/var/lib/otpatch/bundles/b{n}.otb").into(),
+        kind: PatchKind::Livepatch,
+        compatible: "acme-gw".into(),
+        version: format!("1.{n}"),
+        digest: format!("digest-{n}"),
+        signer: "CN=vendor signing".into(),
+    }
+}
+
+fn checkpoint(n: u8) -> CheckpointRef {
+    CheckpointRef { id: format!("ckpt-{n}"), processes: vec!["softplc".into()] }
+}
+
+/// Feeds events in order, returning every (state, actions) after each.
+fn run(engine: &Engine, events: &[Event]) -> Vec<(State, Vec<Action>)> {
+    let mut state = State::Idle;
+    let mut out = Vec::new();
+    for e in events {
+        let (s, a) = engine.step(&state, e).unwrap_or_else(|err| panic!("{err} (after {:?})", out.last()));
+        state = s.clone();
+        out.push((s, a));
+    }
+    out
+}
+
+fn happy_prefix() -> Vec<Event> {
+    vec![
+        Event::Schedule { window: window("w1") },
+        Event::Start,
+        Event::PreflightPassed,
+        Event::SegmentationApplied,
+        Event::Fetched { bundle: bundle_ref(1) },
+        Event::Verified { bundle: verified(1) },
+        Event::CheckpointTaken { checkpoint: checkpoint(1) },
+        Event::ApplyStarted,
+        Event::Applied,
+    ]
+}
+
+#[test]
+fn happy_path_walks_every_state_and_lifts() {
+    let mut events = happy_prefix();
+    events.extend([Event::Healthy, Event::Lifted]);
+    let steps = run(&Engine::default(), &events);
+    let names: Vec<_> = steps.iter().map(|(s, _)| s.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "scheduled",
+            "arming",
+            "armed",
+            "segmented",
+            "fetched",
+            "verified",
+            "checkpointed",
+            "applying",
+            "observing",
+            "committed",
+            "closed"
+        ]
+    );
+    assert_eq!(steps[1].1, vec![Action::Preflight { window: window("w1") }]);
+    assert_eq!(steps[4].1, vec![Action::Verify { bundle: bundle_ref(1) }]);
+    assert_eq!(steps[6].1, vec![Action::Apply { bundle: verified(1) }]);
+    assert_eq!(
+        steps[9].1,
+        vec![
+            Action::Commit { bundle: verified(1) },
+            Action::DiscardCheckpoint { checkpoint: checkpoint(1) },
+            Action::Lift
+        ]
+    );
+    assert_eq!(steps[10].0, State::Closed { window: window("w1"), outcome: Outcome::Committed { version: "1.1".into() } });
+}
+
+#[test]
+fn verify_failure_applies_nothing_and_lifts() {
+    let mut events = happy_prefix()[..5].to_vec();
+    events.push(Event::VerifyFailed { error: "signer not trusted".into() });
+    let steps = run(&Engine::default(), &events);
+    let (state, actions) = steps.last().unwrap();
+    assert_eq!(state.name(), "failed");
+    assert_eq!(actions, &vec![Action::Lift]);
+    assert!(steps.iter().all(|(_, a)| !a.iter().any(|x| matches!(x, Action::Apply { .. }))));
+}
+
+#[test]
+fn health_failure_rolls_back_and_restores_the_checkpoint() {
+    let mut events = happy_prefix();
+    events.push(Event::HealthFailed { reason: "probe boiler-temp out of range".into() });
+    let steps = run(&Engine::default(), &events);
+    let (state, actions) = steps.last().unwrap();
+    assert_eq!(state.name(), "rolling-back");
+    assert_eq!(actions, &vec![Action::Rollback { bundle: verified(1), checkpoint: checkpoint(1) }]);
+    let engine = Engine::default();
+    let (s, a) = engine.step(state, &Event::RolledBack).unwrap();
+    assert_eq!(a, vec![Action::Lift]);
+    let (s, _) = engine.step(&s, &Event::Lifted).unwrap();
+    assert_eq!(
+        s,
+        State::Closed {
+            window: window("w1"),
+            outcome: Outcome::RolledBack { reason: Reason::Health("probe boiler-temp out of range".into()) }
+        }
+    );
+}
+
+#[test]
+fn degraded_follows_the_policy() {
+    let steps = run(&Engine::default(), &happy_prefix());
+    let observing = steps.last().unwrap().0.clone();
+    let keep = Engine::new(EngineConfig { rollback_on_degraded: false });
+    let roll = Engine::new(EngineConfig { rollback_on_degraded: true });
+    let ev = Event::Degraded { reason: "advisory probe slow".into() };
+    assert_eq!(keep.step(&observing, &ev).unwrap().0.name(), "committed");
+    assert_eq!(roll.step(&observing, &ev).unwrap().0.name(), "rolling-back");
+}
+
+#[test]
+fn deadline_before_apply_fails_and_after_apply_rolls_back() {
+    let engine = Engine::default();
+    let prefix = happy_prefix();
+    for n in 2..=prefix.len() {
+        let steps = run(&engine, &prefix[..n]);
+        let state = &steps.last().unwrap().0;
+        let (next, actions) = engine.step(state, &Event::Deadline).unwrap();
+        if state.change_pending() {
+            assert_eq!(next.name(), "rolling-back", "deadline in {}", state.name());
+            assert!(matches!(actions[..], [Action::Rollback { .. }]));
+        } else {
+            assert_eq!(next.name(), "failed", "deadline in {}", state.name());
+            assert_eq!(actions.last(), Some(&Action::Lift));
+        }
+    }
+}
+
+#[test]
+fn illegal_events_are_errors_not_panics() {
+    let engine = Engine::default();
+    let err = engine.step(&State::Idle, &Event::Applied).unwrap_err();
+    assert_eq!(err, IllegalEvent { state: "idle", event: "applied" });
+    let steps = run(&engine, &happy_prefix()[..3]);
+    let armed = &steps.last().unwrap().0;
+    assert!(engine.step(armed, &Event::Healthy).is_err());
+    assert!(engine.step(armed, &Event::Schedule { window: window("w2") }).is_err());
+    assert!(engine.step(armed, &Event::RollbackRequested { uid: 0 }).is_err());
+}
+
+#[test]
+fn failed_lift_is_retried_in_place() {
+    let engine = Engine::default();
+    let mut events = happy_prefix();
+    events.push(Event::Healthy);
+    let steps = run(&engine, &events);
+    let committed = &steps.last().unwrap().0;
+    let (s, a) = engine.step(committed, &Event::LiftFailed { error: "nft: busy".into() }).unwrap();
+    assert_eq!(&s, committed);
+    assert_eq!(a, vec![Action::Lift]);
+}
+
+#[test]
+fn recovery_resumes_before_apply_and_rolls_back_after() {
+    let engine = Engine::default();
+    let prefix = happy_prefix();
+    for n in 1..=prefix.len() {
+        let state = run(&engine, &prefix[..n]).last().unwrap().0.clone();
+        let (open, open_actions) = engine.recover(&state, true);
+        let (closed, _) = engine.recover(&state, false);
+        assert!(!open_actions.iter().any(|a| matches!(a, Action::Apply { .. })), "recovery never applies");
+        match state.name() {
+            "scheduled" => assert_eq!(open_actions, vec![Action::LiftStale]),
+            "arming" | "armed" | "segmented" | "fetched" | "verified" => {
+                assert_eq!(open, state);
+                assert_eq!(open_actions, Engine::entry_actions(&state));
+                assert_eq!(closed.name(), "failed");
+            }
+            "checkpointed" | "applying" | "observing" => {
+                assert_eq!(open.name(), "rolling-back");
+                assert_eq!(closed.name(), "rolling-back");
+                assert_eq!(open_actions, vec![Action::Rollback { bundle: verified(1), checkpoint: checkpoint(1) }]);
+            }
+            other => panic!("unexpected state {other}"),
+        }
+    }
+}
+
+#[test]
+fn recovery_of_a_committed_window_records_the_commit_again_and_lifts() {
+    let engine = Engine::default();
+    let mut events = happy_prefix();
+    events.push(Event::Healthy);
+    let committed = run(&engine, &events).last().unwrap().0.clone();
+    let (s, a) = engine.recover(&committed, false);
+    assert_eq!(s, committed);
+    assert_eq!(a.last(), Some(&Action::Lift));
+    assert!(a.iter().all(|x| !matches!(x, Action::Apply { .. })));
+}
+
+#[test]
+fn every_action_list_has_at_most_one_driver_and_it_is_last() {
+    let engine = Engine::default();
+    let mut events = happy_prefix();
+    events.extend([Event::Healthy, Event::Lifted]);
+    for (_, actions) in run(&engine, &events) {
+        let drivers = actions.iter().filter(|a| a.drives()).count();
+        assert!(drivers <= 1);
+        if drivers == 1 {
+            assert!(actions.last().unwrap().drives());
+        }
+    }
+}
+
+#[test]
+fn states_round_trip_through_json() {
+    let mut events = happy_prefix();
+    events.push(Event::HealthFailed { reason: "x".into() });
+    for (s, _) in run(&Engine::default(), &events) {
+        let text = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
+    }
+}
+
+// ---- property tests: random event sequences, with crashes, against the invariants ----
+
+#[derive(Debug, Clone)]
+enum Op {
+    Ev(Event),
+    /// The success of whatever the state is waiting for, so that sequences get deep into windows.
+    Advance(u8),
+    Crash { window_open: bool },
+}
+
+fn advance(state: &State, n: u8) -> Event {
+    match state {
+        State::Idle | State::Closed { .. } => Event::Schedule { window: window(if n == 1 { "w1" } else { "w2" }) },
+        State::Scheduled { .. } => Event::Start,
+        State::Arming { .. } => Event::PreflightPassed,
+        State::Armed { .. } => Event::SegmentationApplied,
+        State::Segmented { .. } => Event::Fetched { bundle: bundle_ref(n) },
+        State::Fetched { .. } => Event::Verified { bundle: verified(n) },
+        State::Verified { .. } => Event::CheckpointTaken { checkpoint: checkpoint(n) },
+        State::Checkpointed { .. } => Event::ApplyStarted,
+        State::Applying { .. } => Event::Applied,
+        State::Observing { .. } => Event::Healthy,
+        State::RollingBack { .. } => Event::RolledBack,
+        State::Committed { .. } | State::UpToDate { .. } | State::RolledBack { .. } | State::Failed { .. } => {
+            Event::Lifted
+        }
+    }
+}
+
+fn event_strategy() -> impl Strategy<Value = Event> {
+    let n = 1u8..=2;
+    prop_oneof![
+        prop_oneof![Just(window("w1")), Just(window("w2"))].prop_map(|w| Event::Schedule { window: w }),
+        Just(Event::Unschedule),
+        Just(Event::Start),
+        Just(Event::PreflightPassed),
+        Just(Event::PreflightFailed { error: "e".into() }),
+        Just(Event::SegmentationApplied),
+        Just(Event::SegmentationFailed { error: "e".into() }),
+        n.clone().prop_map(|n| Event::Fetched { bundle: bundle_ref(n) }),
+        Just(Event::NothingToFetch),
+        Just(Event::FetchFailed { error: "e".into() }),
+        n.clone().prop_map(|n| Event::Verified { bundle: verified(n) }),
+        Just(Event::VerifyFailed { error: "e".into() }),
+        n.prop_map(|n| Event::CheckpointTaken { checkpoint: checkpoint(n) }),
+        Just(Event::CheckpointFailed { error: "e".into() }),
+        Just(Event::ApplyStarted),
+        Just(Event::Applied),
+        Just(Event::ApplyFailed { error: "e".into() }),
+        Just(Event::Healthy),
+        Just(Event::Degraded { reason: "r".into() }),
+        Just(Event::HealthFailed { reason: "r".into() }),
+        Just(Event::RolledBack),
+        Just(Event::RollbackFailed { error: "e".into() }),
+        Just(Event::Lifted),
+        Just(Event::LiftFailed { error: "e".into() }),
+        Just(Event::Deadline),
+        Just(Event::Cancel { uid: 1000 }),
+        Just(Event::RollbackRequested { uid: 0 }),
+    ]
+}
+
+fn op_strategy() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => event_strategy().prop_map(Op::Ev),
+        10 => (1u8..=2).prop_map(Op::Advance),
+        1 => any::<bool>().prop_map(|window_open| Op::Crash { window_open }),
+    ]
+}
+
+/// What the checker remembers about the window under way.
+#[derive(Default, Debug)]
+struct Track {
+    verified: Option<VerifiedBundle>,
+    checkpoint: Option<CheckpointRef>,
+    segment_requested: bool,
+    change_possible: bool,
+}
+
+/// The event that completes a driving action successfully, used to walk any state to its end.
+fn completion(state: &State) -> Option<Event> {
+    Some(match state {
+        State::RollingBack { .. } => Event::RolledBack,
+        State::Committed { .. } | State::UpToDate { .. } | State::RolledBack { .. } | State::Failed { .. } => {
+            Event::Lifted
+        }
+        State::Idle | State::Closed { .. } => return None,
+        // Any other state in a window: the deadline ends it.
+        _ => Event::Deadline,
+    })
+}
+
+fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result<(), TestCaseError> {
+    prop_assert!(actions.iter().filter(|a| a.drives()).count() <= 1, "more than one driver: {actions:?}");
+    for a in actions {
+        match a {
+            Action::Apply { bundle } => {
+                prop_assert_eq!(Some(bundle), track.verified.as_ref(), "applied what this window did not verify");
+                track.change_possible = true;
+            }
+            Action::Segment { .. } => track.segment_requested = true,
+            Action::Rollback { checkpoint, .. } => {
+                prop_assert_eq!(Some(checkpoint), track.checkpoint.as_ref(), "rollback without this window's checkpoint");
+            }
+            _ => {}
+        }
+    }
+    if let State::Closed { outcome, .. } = state {
+        prop_assert!(!track.segment_requested, "window closed while segmentation was still requested");
+        if track.change_possible {
+            let ok = matches!(
+                outcome,
+                Outcome::Committed { .. } | Outcome::RolledBack { .. } | Outcome::Failed { reason: Reason::RollbackFailed(_) }
+            );
+            prop_assert!(ok, "a window that may have applied a change ended as {outcome:?} without rollback");
+        }
+        // The next window starts with a clean slate.
+        *track = Track::default();
+    }
+    Ok(())
+}
+
+fn observe_event(state_before: &State, event: &Event, track: &mut Track) {
+    match event {
+        Event::Start => *track = Track::default(),
+        Event::Verified { bundle } => track.verified = Some(bundle.clone()),
+        Event::CheckpointTaken { checkpoint } => track.checkpoint = Some(checkpoint.clone()),
+        Event::Lifted if state_before.in_progress() => track.segment_requested = false,
+        _ => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_sequences_keep_the_invariants(ops in proptest::collection::vec(op_strategy(), 0..60), degraded in any::<bool>()) {
+        let engine = Engine::new(EngineConfig { rollback_on_degraded: degraded });
+        let mut state = State::Idle;
+        let mut track = Track::default();
+        for op in &ops {
+            let advanced;
+            let op = match op {
+                Op::Advance(n) => {
+                    advanced = Op::Ev(advance(&state, *n));
+                    &advanced
+                }
+                other => other,
+            };
+            let (next, actions) = match op {
+                Op::Advance(_) => unreachable!("replaced above"),
+                Op::Ev(e) => match engine.step(&state, e) {
+                    Ok(r) => { observe_event(&state, e, &mut track); r }
+                    Err(err) => {
+                        prop_assert_eq!(err.state, state.name());
+                        continue;
+                    }
+                },
+                Op::Crash { window_open } => {
+                    let (s, a) = engine.recover(&state, *window_open);
+                    prop_assert!(!a.iter().any(|x| matches!(x, Action::Apply { .. })), "recovery applied");
+                    (s, a)
+                }
+            };
+            check_actions(&next, &actions, &mut track)?;
+            state = next;
+        }
+        // Whatever happened, the window can always be finished, and finishing lifts segmentation.
+        for _ in 0..8 {
+            let Some(e) = completion(&state) else { break };
+            let (next, actions) = engine.step(&state, &e).map_err(|err| TestCaseError::fail(err.to_string()))?;
+            observe_event(&state, &e, &mut track);
+            check_actions(&next, &actions, &mut track)?;
+            state = next;
+        }
+        prop_assert!(!state.in_progress(), "window did not finish: {}", state.name());
+        if matches!(state, State::Scheduled { .. }) {
+            // Never started: nothing to lift; the deadline would fail it.
+            let (s, _) = engine.step(&state, &Event::Deadline).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(s.name(), "failed");
+        }
+    }
+}
