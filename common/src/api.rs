@@ -74,12 +74,16 @@ pub struct StatusSnapshot {
     /// Outcome of the last window that closed (`committed`, `rolled-back: ...`, `failed: ...`, `up-to-date`).
     pub last_outcome: String,
     pub policy_sources: Vec<String>,
-    /// Whether segmentation is applied right now, as the firewall backend reports it.
+    /// Whether the daemon has window segmentation applied right now.
     pub segmentation_active: bool,
 }
 
 /// The proxy `otpatchctl` and tests use.
-#[zbus::proxy(interface = "io.otpatch.Daemon1", default_service = "io.otpatch.Daemon1", default_path = "/io/otpatch/Daemon1")]
+#[zbus::proxy(
+    interface = "io.otpatch.Daemon1",
+    default_service = "io.otpatch.Daemon1",
+    default_path = "/io/otpatch/Daemon1"
+)]
 pub trait Daemon1 {
     /// Schedules a one-off window. `start` is `YYYY-MM-DDTHH:MM[:SS]` local to `timezone` (empty: the
     /// gateway's zone) or with an offset; `duration` like `90m`. Returns the new window's id.

@@ -32,7 +32,9 @@ pub struct AuditRecord {
 pub enum ChainError {
     #[error("record {seq}: sequence number out of order (expected {expected})")]
     Sequence { seq: u64, expected: u64 },
-    #[error("record {seq}: previous-hash link broken (record {seq} names {found}, record before it hashes to {expected})")]
+    #[error(
+        "record {seq}: previous-hash link broken (record {seq} names {found}, record before it hashes to {expected})"
+    )]
     Link { seq: u64, expected: String, found: String },
     #[error("record {seq}: hash does not match its contents (edited?)")]
     Hash { seq: u64 },
@@ -82,8 +84,8 @@ impl AuditRecord {
 /// Checks a whole chain from its first record. `start_prev` is [`GENESIS`] for a full log.
 pub fn verify_chain(records: &[AuditRecord], start_prev: &str) -> Result<(), ChainError> {
     let mut prev = start_prev.to_string();
-    let mut expected_seq = records.first().map(|r| r.seq).unwrap_or(1);
-    for r in records {
+    let first = records.first().map(|r| r.seq).unwrap_or(1);
+    for (r, expected_seq) in records.iter().zip(first..) {
         if r.seq != expected_seq {
             return Err(ChainError::Sequence { seq: r.seq, expected: expected_seq });
         }
@@ -94,7 +96,6 @@ pub fn verify_chain(records: &[AuditRecord], start_prev: &str) -> Result<(), Cha
             return Err(ChainError::Hash { seq: r.seq });
         }
         prev = r.hash.clone();
-        expected_seq += 1;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 //! - [`audit`]: the hash-chained audit record, so `otpatchctl log --verify` checks the chain independently;
 //! - [`units`]: durations (`90m`, `1h30m`, `500ms`) and sizes (`512MiB`) as written in policies and on the CLI.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod api;
 pub mod audit;
 pub mod policy;

@@ -187,37 +187,69 @@ pub enum State {
 #[serde(rename_all = "kebab-case", tag = "event")]
 pub enum Event {
     /// The next window is known (or changed).
-    Schedule { window: WindowCtx },
+    Schedule {
+        window: WindowCtx,
+    },
     /// No window ahead any more (cancelled before it opened).
     Unschedule,
     /// The window is open and work starts (at its start with auto-start, or on `apply`).
     Start,
     PreflightPassed,
-    PreflightFailed { error: String },
+    PreflightFailed {
+        error: String,
+    },
     SegmentationApplied,
-    SegmentationFailed { error: String },
-    Fetched { bundle: BundleRef },
+    SegmentationFailed {
+        error: String,
+    },
+    Fetched {
+        bundle: BundleRef,
+    },
     /// The server has nothing newer for this gateway.
     NothingToFetch,
-    FetchFailed { error: String },
-    Verified { bundle: VerifiedBundle },
-    VerifyFailed { error: String },
-    CheckpointTaken { checkpoint: CheckpointRef },
-    CheckpointFailed { error: String },
+    FetchFailed {
+        error: String,
+    },
+    Verified {
+        bundle: VerifiedBundle,
+    },
+    VerifyFailed {
+        error: String,
+    },
+    CheckpointTaken {
+        checkpoint: CheckpointRef,
+    },
+    CheckpointFailed {
+        error: String,
+    },
     ApplyStarted,
     Applied,
-    ApplyFailed { error: String },
+    ApplyFailed {
+        error: String,
+    },
     Healthy,
-    Degraded { reason: String },
-    HealthFailed { reason: String },
+    Degraded {
+        reason: String,
+    },
+    HealthFailed {
+        reason: String,
+    },
     RolledBack,
-    RollbackFailed { error: String },
+    RollbackFailed {
+        error: String,
+    },
     Lifted,
-    LiftFailed { error: String },
+    LiftFailed {
+        error: String,
+    },
     /// The window's hard end passed.
     Deadline,
-    Cancel { uid: u32 },
-    RollbackRequested { uid: u32 },
+    Cancel {
+        uid: u32,
+    },
+    RollbackRequested {
+        uid: u32,
+    },
 }
 
 /// What to do. Exactly one action of a state yields the event that moves the engine on ([`Action::drives`]); the
@@ -461,24 +493,32 @@ impl Engine {
 
     /// After a restart: the state to continue from and the actions to run, from the journaled state alone.
     ///
-    /// Before anything was applied the window resumes where it stopped if it is still open, and fails (lifting
-    /// segmentation) if it is over. From `Checkpointed` on, a change may be in place that nobody observed: it is
+    /// Before anything was applied the window resumes if it is still open (from preflight, or from segmentation
+    /// once it was segmented), and fails (lifting segmentation) if it is over. From `Checkpointed` on, a change may be in place that nobody observed: it is
     /// rolled back. Finishing states re-run their actions (all idempotent); a commit is recorded again, never
     /// re-applied. With no window in progress, stale segmentation is lifted.
     pub fn recover(&self, state: &State, window_open: bool) -> (State, Vec<Action>) {
         match state {
             State::Idle | State::Scheduled { .. } | State::Closed { .. } => (state.clone(), vec![Action::LiftStale]),
-            State::Arming { window }
-            | State::Armed { window }
+            State::Arming { window } => {
+                if window_open {
+                    (state.clone(), Self::entry_actions(state))
+                } else {
+                    Self::expired(window)
+                }
+            }
+            // Segmentation may have been lifted by the unit's stop path: segment again, then fetch again (the
+            // download resumes), verify again and checkpoint again.
+            State::Armed { window }
             | State::Segmented { window }
             | State::Fetched { window, .. }
             | State::Verified { window, .. } => {
                 if window_open {
-                    (state.clone(), Self::entry_actions(state))
-                } else {
-                    let next = State::Failed { window: window.clone(), reason: Reason::DeadlineExpired, checkpoint: None };
+                    let next = State::Armed { window: window.clone() };
                     let actions = Self::entry_actions(&next);
                     (next, actions)
+                } else {
+                    Self::expired(window)
                 }
             }
             State::Checkpointed { window, bundle, checkpoint }
@@ -499,6 +539,12 @@ impl Engine {
             | State::RolledBack { .. }
             | State::Failed { .. } => (state.clone(), Self::entry_actions(state)),
         }
+    }
+
+    fn expired(window: &WindowCtx) -> (State, Vec<Action>) {
+        let next = State::Failed { window: window.clone(), reason: Reason::DeadlineExpired, checkpoint: None };
+        let actions = Self::entry_actions(&next);
+        (next, actions)
     }
 
     fn transition(&self, state: &State, event: &Event) -> Result<State, IllegalEvent> {
@@ -524,9 +570,7 @@ impl Engine {
             (S::Arming { window }, E::PreflightPassed) => S::Armed { window: window.clone() },
             (S::Arming { window }, E::PreflightFailed { error }) => fail(window, Reason::Preflight(error.clone())),
             (S::Armed { window }, E::SegmentationApplied) => S::Segmented { window: window.clone() },
-            (S::Armed { window }, E::SegmentationFailed { error }) => {
-                fail(window, Reason::Segmentation(error.clone()))
-            }
+            (S::Armed { window }, E::SegmentationFailed { error }) => fail(window, Reason::Segmentation(error.clone())),
             (S::Segmented { window }, E::Fetched { bundle }) => {
                 S::Fetched { window: window.clone(), bundle: bundle.clone() }
             }
@@ -614,9 +658,10 @@ impl Engine {
             (S::Failed { window, reason, .. }, E::Lifted) => {
                 S::Closed { window: window.clone(), outcome: Outcome::Failed { reason: reason.clone() } }
             }
-            (S::Committed { .. } | S::UpToDate { .. } | S::RolledBack { .. } | S::Failed { .. }, E::LiftFailed { .. }) => {
-                state.clone()
-            }
+            (
+                S::Committed { .. } | S::UpToDate { .. } | S::RolledBack { .. } | S::Failed { .. },
+                E::LiftFailed { .. },
+            ) => state.clone(),
             // The deadline passing while the window is already finishing changes nothing.
             (
                 S::Committed { .. }

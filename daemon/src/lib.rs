@@ -5,4 +5,13 @@
 //! `main.rs` picks the real backends explicitly; the call-recording fakes in [`backend::fake`] exist only with
 //! the `fake-backends` feature (demo and process tests) and in unit tests.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod audit;
+pub mod backend;
 pub mod engine;
+pub mod failpoints;
+pub mod fsutil;
+pub mod journal;
+pub mod orchestrator;
+pub mod sysroot;

@@ -88,7 +88,10 @@ fn happy_path_walks_every_state_and_lifts() {
             Action::Lift
         ]
     );
-    assert_eq!(steps[10].0, State::Closed { window: window("w1"), outcome: Outcome::Committed { version: "1.1".into() } });
+    assert_eq!(
+        steps[10].0,
+        State::Closed { window: window("w1"), outcome: Outcome::Committed { version: "1.1".into() } }
+    );
 }
 
 #[test]
@@ -187,10 +190,16 @@ fn recovery_resumes_before_apply_and_rolls_back_after() {
         assert!(!open_actions.iter().any(|a| matches!(a, Action::Apply { .. })), "recovery never applies");
         match state.name() {
             "scheduled" => assert_eq!(open_actions, vec![Action::LiftStale]),
-            "arming" | "armed" | "segmented" | "fetched" | "verified" => {
+            "arming" => {
                 assert_eq!(open, state);
                 assert_eq!(open_actions, Engine::entry_actions(&state));
                 assert_eq!(closed.name(), "failed");
+            }
+            "armed" | "segmented" | "fetched" | "verified" => {
+                assert_eq!(open.name(), "armed");
+                assert_eq!(open_actions, vec![Action::Segment { window: window("w1") }]);
+                assert_eq!(closed.name(), "failed");
+                assert_eq!(engine.recover(&state, false).1, vec![Action::Lift]);
             }
             "checkpointed" | "applying" | "observing" => {
                 assert_eq!(open.name(), "rolling-back");
@@ -245,7 +254,9 @@ enum Op {
     Ev(Event),
     /// The success of whatever the state is waiting for, so that sequences get deep into windows.
     Advance(u8),
-    Crash { window_open: bool },
+    Crash {
+        window_open: bool,
+    },
 }
 
 fn advance(state: &State, n: u8) -> Event {
@@ -340,7 +351,11 @@ fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result
             }
             Action::Segment { .. } => track.segment_requested = true,
             Action::Rollback { checkpoint, .. } => {
-                prop_assert_eq!(Some(checkpoint), track.checkpoint.as_ref(), "rollback without this window's checkpoint");
+                prop_assert_eq!(
+                    Some(checkpoint),
+                    track.checkpoint.as_ref(),
+                    "rollback without this window's checkpoint"
+                );
             }
             _ => {}
         }
@@ -350,7 +365,9 @@ fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result
         if track.change_possible {
             let ok = matches!(
                 outcome,
-                Outcome::Committed { .. } | Outcome::RolledBack { .. } | Outcome::Failed { reason: Reason::RollbackFailed(_) }
+                Outcome::Committed { .. }
+                    | Outcome::RolledBack { .. }
+                    | Outcome::Failed { reason: Reason::RollbackFailed(_) }
             );
             prop_assert!(ok, "a window that may have applied a change ended as {outcome:?} without rollback");
         }

@@ -1,0 +1,205 @@
+//! The traits every capability plugs into. The orchestrator only ever talks to these; `main.rs` picks the real
+//! implementations, tests and the demo use the call-recording fakes in [`fake`].
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use otpatch_common::policy::Flow;
+
+use crate::engine::{BundleRef, CheckpointRef, VerifiedBundle, WindowCtx};
+
+#[cfg(any(test, feature = "fake-backends"))]
+pub mod fake;
+
+/// A backend failure, with a message fit for an operator (it ends up in `LastError` and the audit log).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BackendError(pub String);
+
+impl BackendError {
+    pub fn new(msg: impl fmt::Display) -> Self {
+        BackendError(msg.to_string())
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// Reports progress of a long action: percent (-1 unknown) and a message.
+pub type ProgressFn = Arc<dyn Fn(i32, String) + Send + Sync>;
+
+/// What segmentation must let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentationPlan {
+    pub window_id: String,
+    /// The patch server's host and port (resolved by the backend).
+    pub server: Option<(String, u16)>,
+    /// OT flows from the policy.
+    pub flows: Vec<Flow>,
+    /// Every health-probe target, kept reachable.
+    pub probe_targets: Vec<SocketAddr>,
+    pub log_drops: bool,
+}
+
+/// What lifting found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LiftReport {
+    /// Whether segmentation was in place.
+    pub was_active: bool,
+    /// Packets it dropped while it was.
+    pub dropped_packets: u64,
+}
+
+#[async_trait]
+pub trait Firewall: Send + Sync {
+    /// Applies the window's segmentation in one transaction. Re-applying replaces it.
+    async fn apply(&self, plan: &SegmentationPlan) -> BackendResult<()>;
+    /// Lifts it in one transaction. A no-op when nothing is applied.
+    async fn lift(&self) -> BackendResult<LiftReport>;
+    /// Whether segmentation is in place now.
+    async fn active(&self) -> BackendResult<bool>;
+}
+
+/// What a fetch found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Bundle(BundleRef),
+    /// The server has nothing newer for this gateway.
+    NothingNewer,
+}
+
+#[async_trait]
+pub trait Fetcher: Send + Sync {
+    async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome>;
+}
+
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    /// Verifies signature, chain, compatibility, expiry and anti-rollback. Changes nothing.
+    async fn verify(&self, bundle: &BundleRef) -> BackendResult<VerifiedBundle>;
+}
+
+#[async_trait]
+pub trait Checkpointer: Send + Sync {
+    /// Can every critical process be checkpointed? Called when the window arms.
+    async fn preflight(&self) -> BackendResult<()>;
+    /// Dumps every critical process, leaving it running.
+    async fn checkpoint(&self, window: &WindowCtx) -> BackendResult<CheckpointRef>;
+    /// Replaces the running processes with the checkpointed ones.
+    async fn restore(&self, checkpoint: &CheckpointRef) -> BackendResult<()>;
+    /// Removes the images.
+    async fn discard(&self, checkpoint: &CheckpointRef) -> BackendResult<()>;
+}
+
+/// Applies a change and takes it back: the livepatch path and the A/B (RAUC) path each implement it.
+#[async_trait]
+pub trait Patcher: Send + Sync {
+    /// Applies; returns once the change is fully in place (e.g. the livepatch transition finished).
+    async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()>;
+    /// Takes the change out. A no-op when it is not in place.
+    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
+    /// Makes a change that passed observation permanent (re-applied at boot, slot marked good).
+    async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
+}
+
+/// The plant's verdict after a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Healthy,
+    /// Advisory probes failing.
+    Degraded(String),
+    /// A critical probe tripped.
+    Failed(String),
+}
+
+#[async_trait]
+pub trait HealthMonitor: Send + Sync {
+    /// Reads every probe once and keeps the values as the baseline. Called when the window arms.
+    async fn baseline(&self) -> BackendResult<()>;
+    /// Watches the probes for `period`; returns early with `Failed` when a critical probe trips.
+    async fn observe(&self, period: Duration) -> Verdict;
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Wall-clock time and sleeping, so tests can run windows on tokio's paused clock.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+    /// Sleeps until `until` (returns at once if it has passed).
+    fn sleep_until(&self, until: Timestamp) -> BoxFuture<'_, ()>;
+}
+
+/// The system clock. Sleeps in slices of at most 30 s so that a clock step (NTP) is noticed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+
+    fn sleep_until(&self, until: Timestamp) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Bounded: each slice is at most 30 s and the target only gets closer as the clock runs.
+            loop {
+                let left = until.duration_since(Timestamp::now());
+                if left.is_negative() || left.is_zero() {
+                    return;
+                }
+                let slice = Duration::try_from(left).unwrap_or(Duration::ZERO).min(Duration::from_secs(30));
+                tokio::time::sleep(slice.max(Duration::from_millis(1))).await;
+            }
+        })
+    }
+}
+
+/// A clock that starts at a given wall time and runs with tokio's clock: with `start_paused` tests, hours of
+/// window pass in milliseconds, deterministically.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    base: Timestamp,
+    started: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn starting_at(base: Timestamp) -> Self {
+        TokioClock { base, started: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Timestamp {
+        let elapsed = self.started.elapsed();
+        self.base + jiff::SignedDuration::try_from(elapsed).unwrap_or(jiff::SignedDuration::ZERO)
+    }
+
+    fn sleep_until(&self, until: Timestamp) -> BoxFuture<'_, ()> {
+        let left = until.duration_since(self.now());
+        let d = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        Box::pin(tokio::time::sleep(d))
+    }
+}
+
+/// The set of backends a daemon runs with.
+#[derive(Clone)]
+pub struct Backends {
+    pub firewall: Arc<dyn Firewall>,
+    pub fetcher: Arc<dyn Fetcher>,
+    pub verifier: Arc<dyn Verifier>,
+    pub checkpointer: Arc<dyn Checkpointer>,
+    pub livepatcher: Arc<dyn Patcher>,
+    pub ab_updater: Arc<dyn Patcher>,
+    pub health: Arc<dyn HealthMonitor>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Backends { .. }")
+    }
+}

@@ -1,0 +1,929 @@
+//! Runs windows: feeds the engine, journals every transition before its actions run, executes the actions
+//! through the backends, and answers the D-Bus service's commands.
+//!
+//! One task owns all mutable state; the D-Bus service talks to it through [`Command`]s and reads a
+//! [`StatusSnapshot`] from a watch channel. At most one driving action is in flight; a deadline, a cancel or an
+//! operator rollback preempts it (the future is dropped and the engine decides what comes next).
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use otpatch_common::api::{errors, StatusSnapshot, WindowInfo};
+use otpatch_common::policy::{DegradedAction, PolicyErrors, Settings};
+use otpatch_common::schedule::{Occurrence, OneOffRequest, OneOffWindow, Schedule, WindowSource};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::audit::AuditLog;
+use crate::backend::{Backends, BoxFuture, FetchOutcome, ProgressFn, SegmentationPlan, Verdict};
+use crate::engine::{Action, Engine, EngineConfig, Event, Outcome, PatchKind, State, WindowCtx};
+use crate::failpoints::Failpoints;
+use crate::fsutil::write_atomic;
+use crate::journal::Journal;
+use crate::sysroot::Sysroot;
+
+/// An error for a D-Bus caller: a stable error name from [`errors`] and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(name: &'static str, message: impl Into<String>) -> Self {
+        ApiError { name, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.message)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApiError>>;
+
+/// Requests from the D-Bus service (already authorized) and from signals.
+#[derive(Debug)]
+pub enum Command {
+    Schedule {
+        start: String,
+        duration: String,
+        timezone: String,
+        auto_start: bool,
+        uid: u32,
+        reply: Reply<String>,
+    },
+    Cancel {
+        id: String,
+        uid: u32,
+        reply: Reply<()>,
+    },
+    List {
+        horizon: Duration,
+        reply: Reply<Vec<WindowInfo>>,
+    },
+    Apply {
+        uid: u32,
+        reply: Reply<String>,
+    },
+    Rollback {
+        uid: u32,
+        reply: Reply<()>,
+    },
+    /// `uid` is `None` for SIGHUP.
+    Reload {
+        uid: Option<u32>,
+        reply: Reply<()>,
+    },
+    AuditLog {
+        from_seq: u64,
+        max: u32,
+        reply: Reply<Vec<String>>,
+    },
+}
+
+/// What the D-Bus service turns into signals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Transition { window: String, from: String, to: String, event: String },
+    Health { window: String, verdict: String, reason: String },
+    Completed { window: String, outcome: String },
+}
+
+/// Reloads the policy from disk.
+pub type PolicyLoader = Arc<dyn Fn() -> Result<Settings, PolicyErrors> + Send + Sync>;
+
+/// Windows the operator scheduled and windows already done, persisted in `windows.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct WindowStore {
+    schedule: Schedule,
+    /// Occurrence ids whose work is over (so an early finish does not start the same window again).
+    done: BTreeSet<String>,
+}
+
+/// The orchestrator and the channels to talk to it.
+pub struct Orchestrator {
+    engine: Engine,
+    state: State,
+    journal: Journal,
+    audit: AuditLog,
+    store: WindowStore,
+    store_path: PathBuf,
+    settings: Settings,
+    loader: PolicyLoader,
+    backends: Backends,
+    failpoints: Failpoints,
+    status: Arc<watch::Sender<StatusSnapshot>>,
+    notices: broadcast::Sender<Notice>,
+    inflight: Option<BoxFuture<'static, Event>>,
+    lift_failures: u32,
+    /// Whether this daemon applied segmentation that it has not lifted yet.
+    segmented: bool,
+    default_tz: String,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator").field("state", &self.state.name()).finish_non_exhaustive()
+    }
+}
+
+/// What the rest of the daemon holds to reach the orchestrator.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub commands: mpsc::Sender<Command>,
+    pub status: watch::Receiver<StatusSnapshot>,
+    pub notices: broadcast::Sender<Notice>,
+}
+
+fn engine_config(settings: &Settings) -> EngineConfig {
+    EngineConfig { rollback_on_degraded: settings.rollback.on_degraded == DegradedAction::Rollback }
+}
+
+fn occurrence_ctx(o: &Occurrence) -> WindowCtx {
+    WindowCtx { id: o.id.clone(), start: o.start, end: o.end, auto_start: o.auto_start }
+}
+
+fn source_text(s: &WindowSource) -> String {
+    match s {
+        WindowSource::OneOff => "one-off".into(),
+        WindowSource::Recurring(name) => format!("recurring:{name}"),
+    }
+}
+
+impl Orchestrator {
+    /// Opens the journal, audit log and window store under the sysroot's state directory and recovers: an
+    /// interrupted window is resumed or rolled back, stale segmentation is lifted. Returns once the recovery
+    /// decision is journaled and its effects ran; its driving action (a rollback, say) runs in [`Self::run`].
+    pub async fn start(
+        sysroot: &Sysroot,
+        settings: Settings,
+        loader: PolicyLoader,
+        backends: Backends,
+        failpoints: Failpoints,
+    ) -> anyhow::Result<(Orchestrator, Handle, mpsc::Receiver<Command>)> {
+        let state_dir = sysroot.state_dir();
+        let (journal, loaded) = Journal::open(&state_dir.join("journal"))?;
+        let (audit, audit_problems) = AuditLog::open(&state_dir.join("audit.log"))?;
+        let store_path = state_dir.join("windows.json");
+        let mut problems = Vec::new();
+        let store = match std::fs::read(&store_path) {
+            Ok(bytes) => match serde_json::from_slice::<WindowStore>(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    let aside = store_path.with_extension("json.unreadable");
+                    std::fs::rename(&store_path, &aside)?;
+                    problems.push(format!(
+                        "{}: unreadable ({e}); moved to {}, one-off windows must be scheduled again",
+                        store_path.display(),
+                        aside.display()
+                    ));
+                    WindowStore::default()
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => WindowStore::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let (status_tx, status_rx) = watch::channel(StatusSnapshot::default());
+        let (notices, _) = broadcast::channel(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let default_tz = jiff::tz::TimeZone::system().iana_name().unwrap_or("UTC").to_string();
+        let mut me = Orchestrator {
+            engine: Engine::new(engine_config(&settings)),
+            state: loaded.state.clone(),
+            journal,
+            audit,
+            store,
+            store_path,
+            settings,
+            loader,
+            backends,
+            failpoints,
+            status: Arc::new(status_tx),
+            notices: notices.clone(),
+            inflight: None,
+            lift_failures: 0,
+            segmented: false,
+            default_tz,
+        };
+        me.store.schedule.set_recurring(me.settings.windows.clone());
+        problems.extend(loaded.problems);
+        problems.extend(audit_problems);
+        for p in &problems {
+            warn!(problem = %p, "state problem found at start");
+        }
+        me.audit_log(
+            "daemon-start",
+            None,
+            None,
+            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "journal_state": loaded.state.name(), "problems": problems}),
+        );
+        me.recover().await;
+        let handle = Handle { commands: cmd_tx, status: status_rx, notices };
+        Ok((me, handle, cmd_rx))
+    }
+
+    fn now(&self) -> Timestamp {
+        self.backends.clock.now()
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    async fn recover(&mut self) {
+        let now = self.now();
+        let open = self.state.window().is_some_and(|w| w.start <= now && now < w.end);
+        let before = self.state.clone();
+        let (next, actions) = self.engine.recover(&before, open);
+        if next != before {
+            info!(from = before.name(), to = next.name(), window_open = open, "recovering interrupted window");
+            self.enter(next, "recover");
+        }
+        if before.in_progress() {
+            self.audit_log(
+                "recovery",
+                before.window().map(|w| w.id.clone()).as_deref(),
+                None,
+                serde_json::json!({"journal_state": before.name(), "resumed_as": self.state.name(), "window_open": open}),
+            );
+        }
+        if let Some(ev) = self.run_actions(actions).await {
+            self.feed(ev).await;
+        }
+        self.publish();
+    }
+
+    /// Runs until `shutdown` resolves; then lifts segmentation (the unit's stop path) and returns.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        // Each turn handles one thing; every wait is bounded by a timer, a command or an action finishing.
+        loop {
+            self.sync_schedule().await;
+            self.publish();
+            let timer = self.next_timer();
+            let clock = self.backends.clock.clone();
+            let sleep = async {
+                match timer {
+                    Some((at, _)) => clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let inflight = async {
+                match self.inflight.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                ev = inflight => {
+                    self.inflight = None;
+                    self.feed(ev).await;
+                }
+                _ = sleep => {
+                    if let Some((_, ev)) = timer {
+                        self.feed(ev).await;
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&mut self) {
+        self.inflight = None;
+        self.segmented = false;
+        // Segmentation never outlives the daemon: on restart, recovery segments again if the window is open.
+        match self.backends.firewall.lift().await {
+            Ok(r) if r.was_active => {
+                info!(dropped = r.dropped_packets, "segmentation lifted on shutdown");
+                self.audit_log(
+                    "shutdown",
+                    None,
+                    None,
+                    serde_json::json!({"lifted": true, "dropped_packets": r.dropped_packets}),
+                );
+            }
+            Ok(_) => self.audit_log("shutdown", None, None, serde_json::json!({"lifted": false})),
+            Err(e) => error!(error = %e, "could not lift segmentation on shutdown"),
+        }
+    }
+
+    /// The next timer: the window opening (auto-start) or its hard end.
+    fn next_timer(&self) -> Option<(Timestamp, Event)> {
+        match &self.state {
+            State::Scheduled { window } if window.auto_start => Some((window.start, Event::Start)),
+            State::Scheduled { window } => Some((window.end, Event::Deadline)),
+            State::Arming { window }
+            | State::Armed { window }
+            | State::Segmented { window }
+            | State::Fetched { window, .. }
+            | State::Verified { window, .. }
+            | State::Checkpointed { window, .. }
+            | State::Applying { window, .. }
+            | State::Observing { window, .. } => Some((window.end, Event::Deadline)),
+            _ => None,
+        }
+    }
+
+    /// With no window in progress, make the engine's next window match the schedule.
+    async fn sync_schedule(&mut self) {
+        if self.state.in_progress() {
+            return;
+        }
+        let now = self.now();
+        let next = self.next_occurrence(now);
+        let current = match &self.state {
+            State::Scheduled { window } => Some(window.clone()),
+            _ => None,
+        };
+        let wanted = next.as_ref().map(occurrence_ctx);
+        if wanted == current {
+            return;
+        }
+        let ev = match wanted {
+            Some(window) => Event::Schedule { window },
+            None if current.is_some() => Event::Unschedule,
+            None => return,
+        };
+        self.feed(ev).await;
+    }
+
+    fn next_occurrence(&self, now: Timestamp) -> Option<Occurrence> {
+        let horizon = Duration::from_secs(8 * 86_400) + self.settings.limits.max_window;
+        self.store.schedule.upcoming(now, horizon).into_iter().find(|o| !self.store.done.contains(&o.id))
+    }
+
+    /// Feeds an event and everything that follows from it synchronously (e.g. `ApplyStarted`).
+    async fn feed(&mut self, event: Event) {
+        let mut pending = Some(event);
+        let mut rounds = 0;
+        while let Some(ev) = pending.take() {
+            rounds += 1;
+            if rounds > 16 {
+                error!("event chain did not settle; stopping it");
+                return;
+            }
+            let (next, actions) = match self.engine.step(&self.state, &ev) {
+                Ok(r) => r,
+                Err(e) => {
+                    // A late result of an action that was preempted, typically: the state moved on.
+                    warn!(error = %e, "event ignored");
+                    return;
+                }
+            };
+            self.note_event(&ev);
+            if next != self.state {
+                self.enter(next, ev.name());
+            }
+            pending = self.run_actions(actions).await;
+        }
+    }
+
+    /// Records what an event says that the state does not keep (errors, verdicts).
+    fn note_event(&mut self, ev: &Event) {
+        let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+        let error = match ev {
+            Event::PreflightFailed { error }
+            | Event::SegmentationFailed { error }
+            | Event::FetchFailed { error }
+            | Event::VerifyFailed { error }
+            | Event::CheckpointFailed { error }
+            | Event::ApplyFailed { error }
+            | Event::RollbackFailed { error }
+            | Event::LiftFailed { error } => Some(error.clone()),
+            _ => None,
+        };
+        if let Some(e) = error {
+            self.status.send_modify(|s| s.last_error = format!("{}: {e}", ev.name()));
+        }
+        match ev {
+            Event::SegmentationApplied => self.segmented = self.settings.segmentation.enabled,
+            Event::Lifted => {
+                self.segmented = false;
+                self.lift_failures = 0;
+            }
+            Event::LiftFailed { .. } => self.lift_failures = self.lift_failures.saturating_add(1),
+            _ => {}
+        }
+        let verdict = match ev {
+            Event::Healthy => Some(("healthy", String::new())),
+            Event::Degraded { reason } => Some(("degraded", reason.clone())),
+            Event::HealthFailed { reason } => Some(("failed", reason.clone())),
+            _ => None,
+        };
+        if let Some((verdict, reason)) = verdict {
+            info!(window = %window, verdict, reason = %reason, "health verdict");
+            self.audit_log("verdict", Some(&window), None, serde_json::json!({"verdict": verdict, "reason": reason}));
+            let _ = self.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
+        }
+    }
+
+    /// Moves to `next`: journal first (write-ahead), then audit, notify, and drop what the old state waited for.
+    fn enter(&mut self, next: State, event: &str) {
+        let now = self.now();
+        if let Err(e) = self.journal.record(&next, now) {
+            // Without the journal a crash could lose track of the change: say so loudly, keep going.
+            error!(error = %e, state = next.name(), "journal write failed");
+            self.status.send_modify(|s| s.last_error = format!("journal write failed: {e}"));
+        }
+        let prev = std::mem::replace(&mut self.state, next);
+        let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+        info!(window = %window, from = prev.name(), to = self.state.name(), event, "transition");
+        self.audit_log(
+            "transition",
+            Some(&window),
+            None,
+            serde_json::json!({"from": prev.name(), "to": self.state.name(), "event": event}),
+        );
+        let _ = self.notices.send(Notice::Transition {
+            window: window.clone(),
+            from: prev.name().into(),
+            to: self.state.name().into(),
+            event: event.into(),
+        });
+        // The apply already under way continues into Applying; anything else in flight is for the old state.
+        let keeps_inflight = matches!((&prev, &self.state), (State::Checkpointed { .. }, State::Applying { .. }));
+        if !keeps_inflight {
+            self.inflight = None;
+        }
+        if let State::Closed { window: w, outcome } = self.state.clone() {
+            let outcome_text = outcome.to_string();
+            self.store.done.insert(w.id.clone());
+            self.save_store();
+            self.status.send_modify(|s| s.last_outcome = outcome_text.clone());
+            self.audit_log("window-closed", Some(&w.id), None, serde_json::json!({"outcome": outcome_text}));
+            let _ = self.notices.send(Notice::Completed { window: w.id.clone(), outcome: outcome_text });
+            if matches!(outcome, Outcome::Committed { .. } | Outcome::UpToDate) {
+                self.status.send_modify(|s| s.last_error.clear());
+            }
+        }
+        if let State::Arming { .. } = self.state {
+            self.status.send_modify(|s| s.last_error.clear());
+        }
+        if let Err(e) = self.failpoints.hit(&format!("journal:{}", self.state.name())) {
+            warn!(error = %e, "failpoint");
+        }
+        self.publish();
+    }
+
+    /// Runs effects inline and starts the driving action. Returns an event to feed at once, if any.
+    async fn run_actions(&mut self, actions: Vec<Action>) -> Option<Event> {
+        for action in actions {
+            if let Err(e) = self.failpoints.hit(&format!("action:{}", action.name())) {
+                if action.drives() {
+                    return Some(injected_failure(&action, e));
+                }
+                warn!(error = %e, "failpoint");
+                continue;
+            }
+            let b = self.backends.clone();
+            match action {
+                Action::Commit { bundle } => {
+                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    if let Err(e) = patcher.commit(&bundle).await {
+                        error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
+                        self.status.send_modify(|s| s.last_error = format!("commit: {e}"));
+                    }
+                    self.audit_log(
+                        "commit",
+                        self.state.window().map(|w| w.id.clone()).as_deref(),
+                        None,
+                        serde_json::json!({"version": bundle.version, "kind": bundle.kind.to_string(), "digest": bundle.digest, "signer": bundle.signer}),
+                    );
+                }
+                Action::DiscardCheckpoint { checkpoint } => {
+                    if let Err(e) = b.checkpointer.discard(&checkpoint).await {
+                        warn!(error = %e, checkpoint = %checkpoint.id, "could not remove checkpoint images");
+                    }
+                }
+                Action::LiftStale => match b.firewall.lift().await {
+                    Ok(r) if r.was_active => {
+                        warn!(dropped = r.dropped_packets, "stale segmentation lifted");
+                        self.audit_log(
+                            "stale-segmentation-lifted",
+                            None,
+                            None,
+                            serde_json::json!({"dropped_packets": r.dropped_packets}),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => error!(error = %e, "could not lift stale segmentation"),
+                },
+                Action::Apply { bundle } => {
+                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    let progress = self.progress_fn();
+                    self.inflight = Some(Box::pin(async move {
+                        match patcher.apply(&bundle, progress).await {
+                            Ok(()) => Event::Applied,
+                            Err(e) => Event::ApplyFailed { error: e.to_string() },
+                        }
+                    }));
+                    // The change may begin to go in from here on: journal Applying before waiting for it.
+                    return Some(Event::ApplyStarted);
+                }
+                driver => {
+                    let fut = self.driver(driver);
+                    self.inflight = Some(fut);
+                }
+            }
+        }
+        None
+    }
+
+    fn progress_fn(&self) -> ProgressFn {
+        let status = self.status.clone();
+        Arc::new(move |percent, message| {
+            status.send_modify(|s| {
+                s.progress_percent = percent;
+                s.progress_message = message;
+            })
+        })
+    }
+
+    fn segmentation_plan(&self, window: &WindowCtx) -> SegmentationPlan {
+        let s = &self.settings;
+        SegmentationPlan {
+            window_id: window.id.clone(),
+            server: s.server.as_ref().map(|p| (p.host.clone(), p.port)),
+            flows: s.segmentation.allow.clone(),
+            probe_targets: s
+                .probes
+                .iter()
+                .filter_map(|p| match &p.target {
+                    otpatch_common::policy::ProbeTarget::Tcp { addr } => Some(*addr),
+                    otpatch_common::policy::ProbeTarget::Rtu { .. } => None,
+                })
+                .collect(),
+            log_drops: s.segmentation.log_drops,
+        }
+    }
+
+    /// The future of a driving action, yielding the event that moves the engine on.
+    fn driver(&mut self, action: Action) -> BoxFuture<'static, Event> {
+        let b = self.backends.clone();
+        let progress = self.progress_fn();
+        match action {
+            Action::Preflight { .. } => Box::pin(async move {
+                if let Err(e) = b.firewall.active().await {
+                    return Event::PreflightFailed { error: format!("firewall backend unusable: {e}") };
+                }
+                if let Err(e) = b.checkpointer.preflight().await {
+                    return Event::PreflightFailed { error: format!("checkpoint preflight: {e}") };
+                }
+                if let Err(e) = b.health.baseline().await {
+                    return Event::PreflightFailed { error: format!("health baseline: {e}") };
+                }
+                Event::PreflightPassed
+            }),
+            Action::Segment { window } => {
+                let plan = self.segmentation_plan(&window);
+                let enabled = self.settings.segmentation.enabled;
+                Box::pin(async move {
+                    if !enabled {
+                        return Event::SegmentationApplied;
+                    }
+                    match b.firewall.apply(&plan).await {
+                        Ok(()) => Event::SegmentationApplied,
+                        Err(e) => Event::SegmentationFailed { error: e.to_string() },
+                    }
+                })
+            }
+            Action::Fetch { window } => Box::pin(async move {
+                match b.fetcher.fetch(&window, progress).await {
+                    Ok(FetchOutcome::Bundle(bundle)) => Event::Fetched { bundle },
+                    Ok(FetchOutcome::NothingNewer) => Event::NothingToFetch,
+                    Err(e) => Event::FetchFailed { error: e.to_string() },
+                }
+            }),
+            Action::Verify { bundle } => Box::pin(async move {
+                match b.verifier.verify(&bundle).await {
+                    Ok(v) => Event::Verified { bundle: v },
+                    Err(e) => Event::VerifyFailed { error: e.to_string() },
+                }
+            }),
+            Action::Checkpoint { window } => Box::pin(async move {
+                match b.checkpointer.checkpoint(&window).await {
+                    Ok(checkpoint) => Event::CheckpointTaken { checkpoint },
+                    Err(e) => Event::CheckpointFailed { error: e.to_string() },
+                }
+            }),
+            Action::Observe { .. } => {
+                let period = self.settings.rollback.observation;
+                Box::pin(async move {
+                    progress(
+                        -1,
+                        format!("observing plant health for {}", otpatch_common::units::format_duration(period)),
+                    );
+                    match b.health.observe(period).await {
+                        Verdict::Healthy => Event::Healthy,
+                        Verdict::Degraded(reason) => Event::Degraded { reason },
+                        Verdict::Failed(reason) => Event::HealthFailed { reason },
+                    }
+                })
+            }
+            Action::Rollback { bundle, checkpoint } => Box::pin(async move {
+                let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                progress(-1, format!("rolling back {}", bundle.version));
+                if let Err(e) = patcher.revert(&bundle).await {
+                    return Event::RollbackFailed { error: format!("revert {}: {e}", bundle.version) };
+                }
+                if let Err(e) = b.checkpointer.restore(&checkpoint).await {
+                    return Event::RollbackFailed { error: format!("restore {}: {e}", checkpoint.id) };
+                }
+                Event::RolledBack
+            }),
+            Action::Lift => {
+                // Paced retries: 0 s, then 1, 2, 4 ... up to 30 s between attempts.
+                let delay = match self.lift_failures {
+                    0 => Duration::ZERO,
+                    n => Duration::from_secs(1u64 << (n - 1).min(5)).min(Duration::from_secs(30)),
+                };
+                Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    match b.firewall.lift().await {
+                        Ok(_) => Event::Lifted,
+                        Err(e) => Event::LiftFailed { error: e.to_string() },
+                    }
+                })
+            }
+            Action::Apply { .. } | Action::Commit { .. } | Action::DiscardCheckpoint { .. } | Action::LiftStale => {
+                // Handled in run_actions; never a separate driver.
+                Box::pin(async { Event::FetchFailed { error: "internal: not a driver".into() } })
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Schedule { start, duration, timezone, auto_start, uid, reply } => {
+                let r = self.schedule(start, duration, timezone, auto_start, uid);
+                let _ = reply.send(r);
+            }
+            Command::Cancel { id, uid, reply } => {
+                let r = self.cancel(&id, uid).await;
+                let _ = reply.send(r);
+            }
+            Command::List { horizon, reply } => {
+                let _ = reply.send(Ok(self.list(horizon)));
+            }
+            Command::Apply { uid, reply } => {
+                let r = self.apply(uid).await;
+                let _ = reply.send(r);
+            }
+            Command::Rollback { uid, reply } => {
+                let r = if self.state.change_pending() {
+                    self.audit_log(
+                        "operator",
+                        self.state.window().map(|w| w.id.clone()).as_deref(),
+                        Some(uid),
+                        serde_json::json!({"action": "rollback"}),
+                    );
+                    self.feed(Event::RollbackRequested { uid }).await;
+                    Ok(())
+                } else {
+                    Err(ApiError::new(
+                        errors::INVALID_STATE,
+                        format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.state.name()),
+                    ))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Reload { uid, reply } => {
+                let r = self.reload(uid);
+                let _ = reply.send(r);
+            }
+            Command::AuditLog { from_seq, max, reply } => {
+                let r = self
+                    .audit
+                    .read(from_seq, max.min(10_000) as usize)
+                    .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")));
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn schedule(
+        &mut self,
+        start: String,
+        duration: String,
+        tz: String,
+        auto_start: bool,
+        uid: u32,
+    ) -> Result<String, ApiError> {
+        let now = self.now();
+        let duration = otpatch_common::units::parse_duration(&duration)
+            .map_err(|e| ApiError::new(errors::INVALID_ARGS, format!("duration: {e}")))?;
+        let req = OneOffRequest { start, duration, timezone: (!tz.is_empty()).then_some(tz), auto_start };
+        let zone = req.timezone.clone().unwrap_or_else(|| self.default_tz.clone());
+        // The id is derived from the start, so parse once to learn it, then build the window with it.
+        let probe = OneOffWindow::from_request(
+            &req,
+            &self.default_tz,
+            now,
+            self.settings.limits.max_window,
+            String::new(),
+            Some(uid),
+        )
+        .map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
+        let id = self.store.schedule.new_id(probe.start, &zone);
+        let w = OneOffWindow { id: id.clone(), ..probe };
+        let occ = self.store.schedule.add(w, now).map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
+        self.save_store();
+        info!(window = %id, start = %occ.start, end = %occ.end, uid, "window scheduled");
+        self.audit_log(
+            "operator",
+            Some(&id),
+            Some(uid),
+            serde_json::json!({"action": "schedule", "start": occ.start.to_string(), "end": occ.end.to_string(), "auto_start": auto_start}),
+        );
+        Ok(id)
+    }
+
+    async fn cancel(&mut self, id: &str, uid: u32) -> Result<(), ApiError> {
+        let now = self.now();
+        let active = self.state.in_progress() && self.state.window().is_some_and(|w| w.id == id);
+        if active {
+            self.audit_log(
+                "operator",
+                Some(id),
+                Some(uid),
+                serde_json::json!({"action": "cancel", "while": self.state.name()}),
+            );
+            let before = self.state.clone();
+            self.feed(Event::Cancel { uid }).await;
+            if self.state == before {
+                return Err(ApiError::new(
+                    errors::INVALID_STATE,
+                    format!("window {id} is already finishing ({}); it cannot be cancelled now", before.name()),
+                ));
+            }
+            return Ok(());
+        }
+        self.store.schedule.cancel(id, now).map_err(|e| ApiError::new(errors::NOT_FOUND, e.to_string()))?;
+        self.save_store();
+        self.audit_log("operator", Some(id), Some(uid), serde_json::json!({"action": "cancel"}));
+        Ok(())
+    }
+
+    fn list(&self, horizon: Duration) -> Vec<WindowInfo> {
+        let now = self.now();
+        let active_id = self.state.window().filter(|_| self.state.in_progress()).map(|w| w.id.clone());
+        self.store
+            .schedule
+            .upcoming(now, horizon)
+            .into_iter()
+            .map(|o| {
+                let status = if Some(&o.id) == active_id.as_ref() {
+                    "active"
+                } else if self.store.done.contains(&o.id) {
+                    "done"
+                } else if o.start <= now {
+                    "open"
+                } else {
+                    "scheduled"
+                };
+                WindowInfo {
+                    id: o.id.clone(),
+                    source: source_text(&o.source),
+                    timezone: o.timezone.clone(),
+                    start: o.start.as_second(),
+                    end: o.end.as_second(),
+                    auto_start: o.auto_start,
+                    status: status.into(),
+                }
+            })
+            .collect()
+    }
+
+    async fn apply(&mut self, uid: u32) -> Result<String, ApiError> {
+        let now = self.now();
+        if self.state.in_progress() {
+            let w = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+            return Err(ApiError::new(
+                errors::INVALID_STATE,
+                format!("window {w} is already under way ({})", self.state.name()),
+            ));
+        }
+        let Some(open) = self.store.schedule.current(now) else {
+            let next = self
+                .next_occurrence(now)
+                .map(|o| format!("; the next window {} opens at {}", o.id, o.start))
+                .unwrap_or_default();
+            return Err(ApiError::new(errors::INVALID_STATE, format!("no window is open now{next}")));
+        };
+        // Running a window again (e.g. a new bundle appeared after it finished) is allowed while it is open.
+        self.store.done.remove(&open.id);
+        self.audit_log("operator", Some(&open.id), Some(uid), serde_json::json!({"action": "apply"}));
+        let window = occurrence_ctx(&open);
+        if !matches!(&self.state, State::Scheduled { window: w } if *w == window) {
+            self.feed(Event::Schedule { window }).await;
+        }
+        self.feed(Event::Start).await;
+        Ok(open.id)
+    }
+
+    fn reload(&mut self, uid: Option<u32>) -> Result<(), ApiError> {
+        let settings = (self.loader)().map_err(|errs| {
+            warn!(errors = %errs, "new policy rejected; the running one stays");
+            self.audit_log("policy-rejected", None, uid, serde_json::json!({"errors": errs.to_string()}));
+            ApiError::new(
+                errors::POLICY_REJECTED,
+                format!("policy rejected, the running policy stays in force:\n{errs}"),
+            )
+        })?;
+        Schedule::check_recurring(&settings.windows, self.now()).map_err(|e| {
+            ApiError::new(errors::POLICY_REJECTED, format!("policy rejected, the running policy stays in force: {e}"))
+        })?;
+        self.engine = Engine::new(engine_config(&settings));
+        self.store.schedule.set_recurring(settings.windows.clone());
+        let sources: Vec<String> = settings.sources.iter().map(|p| p.display().to_string()).collect();
+        self.settings = settings;
+        info!(files = sources.len(), "policy reloaded");
+        self.audit_log("policy-reloaded", None, uid, serde_json::json!({"sources": sources}));
+        Ok(())
+    }
+
+    fn save_store(&mut self) {
+        let now = self.now();
+        self.store.schedule.prune(now);
+        let text = serde_json::to_vec_pretty(&self.store).expect("window store serializes");
+        if let Err(e) = write_atomic(&self.store_path, &text) {
+            error!(error = %e, path = %self.store_path.display(), "could not save windows");
+            self.status.send_modify(|s| s.last_error = format!("saving windows: {e}"));
+        }
+    }
+
+    fn audit_log(&mut self, kind: &str, window: Option<&str>, uid: Option<u32>, detail: serde_json::Value) {
+        let now = self.now();
+        if let Err(e) = self.audit.append(now, kind, window, uid, detail) {
+            error!(error = %e, kind, "audit log write failed");
+        }
+    }
+
+    /// Publishes the status snapshot (only what changed wakes the watchers).
+    fn publish(&self) {
+        let now = self.now();
+        let next = self.next_occurrence(now);
+        let st = &self.state;
+        let (active, active_end) = match st.window() {
+            Some(w) if st.in_progress() => (w.id.clone(), w.end.as_second()),
+            _ => (String::new(), 0),
+        };
+        let sources: Vec<String> = self.settings.sources.iter().map(|p| p.display().to_string()).collect();
+        let gateway = self.settings.gateway.id.clone();
+        self.status.send_if_modified(|s| {
+            let mut n = s.clone();
+            n.version = env!("CARGO_PKG_VERSION").into();
+            n.gateway_id = gateway;
+            n.state = st.name().into();
+            n.active_window = active;
+            n.active_window_end = active_end;
+            n.next_window = next.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+            n.next_window_start = next.as_ref().map(|o| o.start.as_second()).unwrap_or(0);
+            n.policy_sources = sources;
+            n.segmentation_active = self.segmented;
+            if st.percent() != 0 || !st.in_progress() {
+                n.progress_percent = if st.in_progress() { st.percent() } else { 0 };
+                if !st.in_progress() {
+                    n.progress_message.clear();
+                }
+            }
+            if n != *s {
+                *s = n;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+fn injected_failure(action: &Action, e: String) -> Event {
+    match action {
+        Action::Preflight { .. } => Event::PreflightFailed { error: e },
+        Action::Segment { .. } => Event::SegmentationFailed { error: e },
+        Action::Fetch { .. } => Event::FetchFailed { error: e },
+        Action::Verify { .. } => Event::VerifyFailed { error: e },
+        Action::Checkpoint { .. } => Event::CheckpointFailed { error: e },
+        Action::Apply { .. } => Event::ApplyFailed { error: e },
+        Action::Observe { .. } => Event::HealthFailed { reason: e },
+        Action::Rollback { .. } => Event::RollbackFailed { error: e },
+        _ => Event::LiftFailed { error: e },
+    }
+}
+
+#[cfg(test)]
+mod tests;

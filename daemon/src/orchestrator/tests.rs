@@ -1,0 +1,411 @@
+//! Whole windows on the fake backends, on tokio's paused clock: hours of window run in milliseconds.
+
+use std::path::{Path, PathBuf};
+
+use otpatch_common::policy::{parse_sources, LoadOptions};
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::backend::fake::{FakeHealth, FakeScript, FakeWorld};
+use crate::backend::{Clock, TokioClock};
+
+const POLICY: &str = r#"
+[gateway]
+id = "gw-test"
+compatible = "otpatch-demo"
+
+[trust]
+anchors = ["/etc/otpatch/trust/demo-ca.pem"]
+
+[limits]
+max_window = "2h"
+
+[rollback]
+observation = "10m"
+
+[probe.boiler]
+tcp = "127.0.0.1:5020"
+address = 1
+min = 10
+max = 90
+"#;
+
+fn settings(extra: &str) -> Settings {
+    let text = format!("{POLICY}\n{extra}");
+    parse_sources(&[(PathBuf::from("test.toml"), text)], &LoadOptions::default()).expect("test policy is valid")
+}
+
+fn t0() -> Timestamp {
+    "2026-12-01T00:00:00Z".parse().unwrap()
+}
+
+struct Running {
+    handle: Handle,
+    task: JoinHandle<()>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+async fn start(root: &Path, world: &FakeWorld, clock: Arc<dyn Clock>, settings: Settings) -> Running {
+    let loader_settings = settings.clone();
+    let loader: PolicyLoader = Arc::new(move || Ok(loader_settings.clone()));
+    let (orch, handle, rx) =
+        Orchestrator::start(&Sysroot::new(root), settings, loader, world.backends(clock), Failpoints::default())
+            .await
+            .unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(orch.run(rx, async move {
+        let _ = stop_rx.await;
+    }));
+    Running { handle, task, stop: Some(stop_tx) }
+}
+
+impl Running {
+    async fn schedule(&self, start: &str, duration: &str) -> Result<String, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.handle
+            .commands
+            .send(Command::Schedule {
+                start: start.into(),
+                duration: duration.into(),
+                timezone: "UTC".into(),
+                auto_start: true,
+                uid: 0,
+                reply,
+            })
+            .await
+            .unwrap();
+        rx.await.unwrap()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.handle.commands.send(make(reply)).await.unwrap();
+        rx.await.unwrap()
+    }
+
+    /// Waits (bounded, on the paused clock) for the window to complete; returns its outcome.
+    async fn completed(&self, notices: &mut broadcast::Receiver<Notice>) -> String {
+        let deadline = tokio::time::sleep(Duration::from_secs(6 * 3600));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                n = notices.recv() => {
+                    if let Ok(Notice::Completed { outcome, .. }) = n {
+                        return outcome;
+                    }
+                }
+                _ = &mut deadline => panic!("window did not complete"),
+            }
+        }
+    }
+
+    async fn reached(&self, notices: &mut broadcast::Receiver<Notice>, state: &str) {
+        let deadline = tokio::time::sleep(Duration::from_secs(6 * 3600));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                n = notices.recv() => {
+                    if let Ok(Notice::Transition { to, .. }) = n {
+                        if to == state {
+                            return;
+                        }
+                    }
+                }
+                _ = &mut deadline => panic!("never reached {state}"),
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.unwrap();
+    }
+}
+
+fn script(f: impl FnOnce(&mut FakeScript)) -> FakeScript {
+    let mut s = FakeScript::default();
+    f(&mut s);
+    s
+}
+
+fn transitions(root: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(root.join("var/lib/otpatch/audit.log")).unwrap();
+    let recs = otpatch_common::audit::parse_lines(text.lines()).unwrap();
+    otpatch_common::audit::verify_chain(&recs, otpatch_common::audit::GENESIS).unwrap();
+    recs.iter().filter(|r| r.kind == "transition").map(|r| r.detail["to"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn happy_path_commits_and_lifts() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    let id = r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    assert_eq!(id, "w-20261201-0010");
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
+    let w = world.snapshot();
+    assert_eq!(w.applied, vec!["1.0.1"]);
+    assert_eq!(w.committed, vec!["1.0.1"]);
+    assert!(!w.segmentation_active);
+    assert!(w.checkpoints.is_empty(), "checkpoint images removed after commit");
+    let order: Vec<&str> = w.calls.iter().map(|c| c.split_whitespace().next().unwrap()).collect();
+    let pos = |name: &str| order.iter().position(|c| *c == name).unwrap_or_else(|| panic!("{name} not called"));
+    assert!(pos("firewall.apply") < pos("fetch"));
+    assert!(pos("verify") < pos("checkpoint.dump"));
+    assert!(pos("checkpoint.dump") < pos("livepatch.apply"));
+    assert!(pos("livepatch.apply") < pos("livepatch.commit"));
+    assert_eq!(order.last(), Some(&"firewall.lift"));
+    assert_eq!(
+        transitions(dir.path()),
+        [
+            "scheduled",
+            "arming",
+            "armed",
+            "segmented",
+            "fetched",
+            "verified",
+            "checkpointed",
+            "applying",
+            "observing",
+            "committed",
+            "closed"
+        ]
+    );
+    // Committed work is not re-applied when the same window runs again.
+    let again = r.call(|reply| Command::Apply { uid: 0, reply }).await.unwrap();
+    assert_eq!(again, id);
+    assert_eq!(r.completed(&mut notices).await, "up-to-date");
+    assert_eq!(world.snapshot().counts["livepatch.apply"], 1);
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn verify_failure_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(script(|s| s.fail = vec!["verify".into()]));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("failed: bundle rejected: fake verify failure"), "{outcome}");
+    let w = world.snapshot();
+    assert!(w.applied.is_empty());
+    assert!(!w.counts.contains_key("checkpoint.dump"));
+    assert!(!w.segmentation_active);
+    let status = r.handle.status.borrow().clone();
+    assert!(status.last_error.contains("verify"), "{status:?}");
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_failure_rolls_back_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(script(|s| s.health = FakeHealth::Fail));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("rolled-back: health failed: critical probe"), "{outcome}");
+    let w = world.snapshot();
+    assert!(w.applied.is_empty(), "patch reverted");
+    assert!(w.committed.is_empty());
+    assert_eq!(w.restored, vec!["ckpt-w-20261201-0010"]);
+    assert!(w.checkpoints.contains(&"ckpt-w-20261201-0010".to_string()), "images kept for diagnosis");
+    assert!(!w.segmentation_active);
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_during_observation_rolls_back_at_the_hard_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    // The observation (10m) cannot finish inside a 5-minute window.
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "5m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert_eq!(outcome, "rolled-back: window ended before the change was committed");
+    let end: Timestamp = "2026-12-01T00:15:00Z".parse().unwrap();
+    let now = clock.now();
+    assert!(now >= end && now < end + jiff::SignedDuration::from_secs(5), "rolled back at the hard end, not at {now}");
+    assert!(world.snapshot().applied.is_empty());
+    assert!(!world.snapshot().segmentation_active);
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_while_observing_rolls_back_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    r.reached(&mut notices, "observing").await;
+    // Crash: the task is gone without its shutdown path.
+    r.task.abort();
+    let _ = r.task.await;
+    assert_eq!(world.snapshot().applied, vec!["1.0.1"]);
+    assert!(world.snapshot().segmentation_active);
+
+    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let r2 = start(dir.path(), &world2, clock, settings("")).await;
+    let mut notices = r2.handle.notices.subscribe();
+    let outcome = r2.completed(&mut notices).await;
+    assert_eq!(outcome, "rolled-back: daemon restarted while the change was in place");
+    let w = world2.snapshot();
+    assert!(w.applied.is_empty());
+    assert!(w.committed.is_empty());
+    assert!(!w.segmentation_active);
+    assert_eq!(w.restored, vec!["ckpt-w-20261201-0010"]);
+    r2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn crash_before_apply_resumes_the_open_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    r.reached(&mut notices, "fetched").await;
+    r.task.abort();
+    let _ = r.task.await;
+
+    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let r2 = start(dir.path(), &world2, clock, settings("")).await;
+    let mut notices = r2.handle.notices.subscribe();
+    assert_eq!(r2.completed(&mut notices).await, "committed 1.0.1");
+    let w = world2.snapshot();
+    assert_eq!(w.counts["firewall.apply"], 2, "segmentation re-applied on restart");
+    assert_eq!(w.counts["livepatch.apply"], 1);
+    assert!(!w.segmentation_active);
+    r2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_after_the_window_ended_lifts_and_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let clock = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "30m").await.unwrap();
+    r.reached(&mut notices, "segmented").await;
+    r.task.abort();
+    let _ = r.task.await;
+    assert!(world.snapshot().segmentation_active);
+    // The daemon stays down past the window's end.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
+    let r2 = start(dir.path(), &world2, clock, settings("")).await;
+    let mut notices = r2.handle.notices.subscribe();
+    assert_eq!(r2.completed(&mut notices).await, "failed: window ended before the change was committed");
+    assert!(!world2.snapshot().segmentation_active);
+    r2.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lifts_segmentation() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    r.reached(&mut notices, "observing").await;
+    assert!(world.snapshot().segmentation_active);
+    r.stop().await;
+    assert!(!world.snapshot().segmentation_active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_commands_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    // Nothing open: apply and rollback are refused with the reason.
+    let e = r.call(|reply| Command::Apply { uid: 0, reply }).await.unwrap_err();
+    assert_eq!(e.name, errors::INVALID_STATE);
+    assert!(e.message.contains("no window is open"), "{e}");
+    let e = r.call(|reply| Command::Rollback { uid: 0, reply }).await.unwrap_err();
+    assert_eq!(e.name, errors::INVALID_STATE);
+    // Bad input is named.
+    let e = r.schedule("2026-12-01T00:10", "ninety").await.unwrap_err();
+    assert_eq!(e.name, errors::INVALID_ARGS);
+    let e = r.schedule("2026-11-30T00:10", "90m").await.unwrap_err();
+    assert_eq!(e.name, errors::WINDOW_REFUSED);
+    let e = r.schedule("2026-12-01T00:10", "3h").await.unwrap_err();
+    assert_eq!(e.name, errors::WINDOW_REFUSED);
+    let id = r.schedule("2026-12-02T00:10", "60m").await.unwrap();
+    let e = r.schedule("2026-12-02T00:30", "60m").await.unwrap_err();
+    assert_eq!(e.name, errors::WINDOW_REFUSED);
+    assert!(e.message.contains(&id), "overlap names the other window: {e}");
+    let list = r.call(|reply| Command::List { horizon: Duration::from_secs(7 * 86400), reply }).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id);
+    assert_eq!(list[0].status, "scheduled");
+    r.call(|reply| Command::Cancel { id: id.clone(), uid: 0, reply }).await.unwrap();
+    let e = r.call(|reply| Command::Cancel { id: id.clone(), uid: 0, reply }).await.unwrap_err();
+    assert_eq!(e.name, errors::NOT_FOUND);
+    let list = r.call(|reply| Command::List { horizon: Duration::from_secs(7 * 86400), reply }).await.unwrap();
+    assert!(list.is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduled_windows_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let id = r.schedule("2026-12-03T00:10", "60m").await.unwrap();
+    r.stop().await;
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let list = r.call(|reply| Command::List { horizon: Duration::from_secs(7 * 86400), reply }).await.unwrap();
+    assert_eq!(list.iter().map(|w| w.id.clone()).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(r.handle.status.borrow().state, "scheduled");
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_mid_window_rolls_back_an_applied_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    let id = r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    r.reached(&mut notices, "observing").await;
+    r.call(|reply| Command::Cancel { id, uid: 1000, reply }).await.unwrap();
+    assert_eq!(r.completed(&mut notices).await, "rolled-back: cancelled by uid 1000");
+    assert!(world.snapshot().applied.is_empty());
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn recurring_window_from_the_policy_runs_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    // 2026-12-01 is a Tuesday.
+    let policy =
+        settings("[window.nightly]\ndays = [\"tue\"]\nstart = \"01:00\"\nduration = \"1h\"\ntimezone = \"UTC\"\n");
+    let r = start(dir.path(), &world, clock.clone(), policy).await;
+    let mut notices = r.handle.notices.subscribe();
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
+    let status = r.handle.status.borrow().clone();
+    assert_eq!(status.last_outcome, "committed 1.0.1");
+    assert!(clock.now() >= "2026-12-01T01:00:00Z".parse::<Timestamp>().unwrap());
+    assert!(transitions(dir.path()).contains(&"committed".to_string()));
+    r.stop().await;
+}
