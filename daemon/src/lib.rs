@@ -14,4 +14,5 @@ pub mod failpoints;
 pub mod fsutil;
 pub mod journal;
 pub mod orchestrator;
+pub mod service;
 pub mod sysroot;

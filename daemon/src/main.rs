@@ -1,1 +1,219 @@
-fn main() {}
+//! `otpatchd`: the otpatch daemon. See the crate documentation and the README.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use otpatch_common::api::BUS_NAME;
+use otpatch_common::policy::{self, LoadOptions, PolicyPaths};
+use otpatchd::backend::unavailable::Unavailable;
+use otpatchd::backend::{Backends, Clock, SystemClock};
+use otpatchd::failpoints::Failpoints;
+use otpatchd::orchestrator::{Command, Orchestrator, PolicyLoader};
+use otpatchd::service::{self, Access};
+use otpatchd::sysroot::Sysroot;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// The backends built into this binary (capabilities not built in refuse to start a window).
+    Real,
+    /// Call-recording fakes (demo and tests; only in builds with the `fake-backends` feature).
+    #[cfg(feature = "fake-backends")]
+    Fake,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// journald under systemd, text otherwise.
+    Auto,
+    Journald,
+    Text,
+}
+
+/// The otpatch daemon: runs update windows on an OT gateway.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Root prefix for every host path (/etc, /var/lib, /run, /sys, /proc).
+    #[arg(long, default_value = "/", env = "OTPATCH_ROOT")]
+    root: PathBuf,
+    /// Policy files to use instead of the layered locations (in order).
+    #[arg(long = "policy")]
+    policy: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "real")]
+    backends: BackendChoice,
+    #[arg(long, value_enum, default_value = "auto")]
+    log: LogFormat,
+    /// Validate the policy and exit (0 valid, 1 invalid).
+    #[arg(long)]
+    check_policy: bool,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OTPATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,zbus=warn"));
+    let journald = match format {
+        LogFormat::Journald => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => std::env::var_os("JOURNAL_STREAM").is_some(),
+    };
+    if journald {
+        if let Ok(layer) = tracing_journald::layer() {
+            tracing_subscriber::registry().with(filter).with(layer.with_syslog_identifier("otpatchd".into())).init();
+            return;
+        }
+    }
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+fn policy_loader(root: &Sysroot, files: &[PathBuf]) -> PolicyLoader {
+    let root = root.root().to_path_buf();
+    let files = files.to_vec();
+    Arc::new(move || {
+        let opts = LoadOptions { check_files: true, file_root: root.clone() };
+        if files.is_empty() {
+            policy::load(&PolicyPaths::under(&root), &opts)
+        } else {
+            policy::load_files(&files, &opts)
+        }
+    })
+}
+
+fn backends(choice: BackendChoice, _root: &Sysroot, clock: Arc<dyn Clock>) -> anyhow::Result<Backends> {
+    Ok(match choice {
+        BackendChoice::Real => Backends {
+            firewall: Arc::new(Unavailable("segmentation (nftables/iptables)")),
+            fetcher: Arc::new(Unavailable("patch channel (mutual TLS)")),
+            verifier: Arc::new(Unavailable("bundle verifier (CMS)")),
+            checkpointer: Arc::new(Unavailable("checkpoint (CRIU)")),
+            livepatcher: Arc::new(Unavailable("kernel livepatch")),
+            ab_updater: Arc::new(Unavailable("A/B update (RAUC)")),
+            health: Arc::new(Unavailable("health probes (Modbus)")),
+            clock,
+        },
+        #[cfg(feature = "fake-backends")]
+        BackendChoice::Fake => {
+            use otpatchd::backend::fake::{FakeScript, FakeWorld};
+            let text = std::env::var("OTPATCH_FAKE_SCRIPT").unwrap_or_default();
+            let script = FakeScript::parse(&text).map_err(anyhow::Error::msg)?;
+            warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
+            FakeWorld::persistent(&_root.path("/run/otpatch-fake/world.json"), script).backends(clock)
+        }
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    init_logging(args.log);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("otpatchd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("otpatchd: {e:#}");
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!("failed: {e:#}"))]);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let root = Sysroot::new(&args.root);
+    let loader = policy_loader(&root, &args.policy);
+    let settings = match loader() {
+        Ok(s) => s,
+        Err(errs) => anyhow::bail!("the policy is invalid; fix it and start again:\n{errs}"),
+    };
+    if args.check_policy {
+        println!("policy OK: {} files", settings.sources.len());
+        return Ok(());
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let backends = backends(args.backends, &root, clock)?;
+    let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
+    let gateway = settings.gateway.id.clone();
+
+    // Recover before serving: the journal decides what an interrupted window becomes.
+    let (orch, handle, commands) =
+        Orchestrator::start(&root, settings, loader, backends, failpoints).await.context("recovering state")?;
+    info!(gateway = %gateway, state = orch.state().name(), "state recovered");
+
+    let conn = zbus::connection::Builder::system()
+        .build()
+        .await
+        .context("connecting to the system bus (set DBUS_SYSTEM_BUS_ADDRESS to use another one)")?;
+    service::serve(&conn, handle.clone(), Access { group: handle.access_group.clone(), sysroot: root.clone() })
+        .await
+        .context("serving io.otpatch.Daemon1")?;
+    conn.request_name(BUS_NAME).await.with_context(|| format!("owning the bus name {BUS_NAME}"))?;
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping"),
+            _ = int.recv() => info!("SIGINT: stopping"),
+        }
+    };
+    let reload_tx = handle.commands.clone();
+    tokio::spawn(async move {
+        // One reload at a time; each waits for its answer.
+        while hup.recv().await.is_some() {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if reload_tx.send(Command::Reload { uid: None, reply }).await.is_err() {
+                break;
+            }
+            match rx.await {
+                Ok(Ok(())) => info!("SIGHUP: policy reloaded"),
+                Ok(Err(e)) => warn!(error = %e.message, "SIGHUP: policy rejected, the running one stays"),
+                Err(_) => break,
+            }
+        }
+    });
+
+    let mut status = handle.status.clone();
+    tokio::spawn(async move {
+        loop {
+            let line = {
+                let s = status.borrow_and_update();
+                format!("{} {} {}", s.state, s.active_window, s.progress_message).trim().to_string()
+            };
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+            if status.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    info!(bus_name = BUS_NAME, "ready");
+    orch.run(commands, shutdown).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Give queued signals a moment to leave.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    info!("stopped");
+    Ok(())
+}

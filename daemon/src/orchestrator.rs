@@ -126,6 +126,7 @@ pub struct Orchestrator {
     /// Whether this daemon applied segmentation that it has not lifted yet.
     segmented: bool,
     default_tz: String,
+    access_group: Arc<std::sync::RwLock<String>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -138,6 +139,8 @@ impl std::fmt::Debug for Orchestrator {
 #[derive(Debug, Clone)]
 pub struct Handle {
     pub commands: mpsc::Sender<Command>,
+    /// The policy's access group (D-Bus authorization), updated on reload.
+    pub access_group: Arc<std::sync::RwLock<String>>,
     pub status: watch::Receiver<StatusSnapshot>,
     pub notices: broadcast::Sender<Notice>,
 }
@@ -190,7 +193,11 @@ impl Orchestrator {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => WindowStore::default(),
             Err(e) => return Err(e.into()),
         };
-        let (status_tx, status_rx) = watch::channel(StatusSnapshot::default());
+        let mut initial = StatusSnapshot::default();
+        if let State::Closed { outcome, .. } = &loaded.state {
+            initial.last_outcome = outcome.to_string();
+        }
+        let (status_tx, status_rx) = watch::channel(initial);
         let (notices, _) = broadcast::channel(64);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let default_tz = jiff::tz::TimeZone::system().iana_name().unwrap_or("UTC").to_string();
@@ -211,8 +218,10 @@ impl Orchestrator {
             lift_failures: 0,
             segmented: false,
             default_tz,
+            access_group: Arc::new(std::sync::RwLock::new(String::new())),
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
+        me.set_access_group();
         problems.extend(loaded.problems);
         problems.extend(audit_problems);
         for p in &problems {
@@ -225,7 +234,7 @@ impl Orchestrator {
             serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "journal_state": loaded.state.name(), "problems": problems}),
         );
         me.recover().await;
-        let handle = Handle { commands: cmd_tx, status: status_rx, notices };
+        let handle = Handle { commands: cmd_tx, access_group: me.access_group.clone(), status: status_rx, notices };
         Ok((me, handle, cmd_rx))
     }
 
@@ -851,9 +860,16 @@ impl Orchestrator {
         self.store.schedule.set_recurring(settings.windows.clone());
         let sources: Vec<String> = settings.sources.iter().map(|p| p.display().to_string()).collect();
         self.settings = settings;
+        self.set_access_group();
         info!(files = sources.len(), "policy reloaded");
         self.audit_log("policy-reloaded", None, uid, serde_json::json!({"sources": sources}));
         Ok(())
+    }
+
+    fn set_access_group(&self) {
+        if let Ok(mut g) = self.access_group.write() {
+            *g = self.settings.access.group.clone();
+        }
     }
 
     fn save_store(&mut self) {
