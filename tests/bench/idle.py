@@ -49,7 +49,9 @@ def main():
         conf = os.path.join(work, "bus.conf")
         with open(conf, "w") as f:
             f.write(f"""<busconfig><type>system</type><listen>unix:path={sock}</listen><auth>EXTERNAL</auth>
-<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/></policy></busconfig>""")
+<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/>
+<allow receive_type="method_call"/><allow receive_type="method_return"/><allow receive_type="error"/>
+<allow receive_type="signal"/></policy></busconfig>""")
         procs.append(subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"]))
         for _ in range(200):
             if os.path.exists(sock):

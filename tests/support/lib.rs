@@ -77,8 +77,11 @@ impl Bus {
             BusPolicy::Permissive => {
                 r#"<allow user="*"/>
     <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow receive_sender="*"/>"#
+    <allow send_destination="*"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>"#
             }
         };
         let include = match policy {

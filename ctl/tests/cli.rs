@@ -1,0 +1,216 @@
+//! otpatchctl as a process, for what needs no daemon: help, completions, man pages, offline policy checks, and the
+//! exit code when the bus is not there.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn otpatchctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_otpatchctl"))
+        .args(args)
+        // Never talk to this machine's real bus from a test.
+        .env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/otpatchctl-test/bus")
+        .output()
+        .expect("otpatchctl runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const SUBCOMMANDS: [&str; 10] =
+    ["status", "window", "apply", "rollback", "reload", "watch", "log", "policy", "completions", "man"];
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let o = otpatchctl(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let text = stdout(&o);
+    for needle in ["Exit codes:", "3   daemon not reachable", "7   audit chain broken", "DBUS_SYSTEM_BUS_ADDRESS"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(otpatchctl(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(otpatchctl(&["window", "schedule", "--start", "2026-12-01T02:00"]).status.code(), Some(2));
+    assert_eq!(otpatchctl(&["window", "schedule", "--start", "x", "--duration", "ninety"]).status.code(), Some(2));
+}
+
+#[test]
+fn completions_name_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = otpatchctl(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(!script.is_empty(), "{shell}");
+        for sub in SUBCOMMANDS {
+            assert!(script.contains(sub), "{shell} completion does not mention {sub}");
+        }
+        assert!(script.contains("schedule"), "{shell} completion does not mention window schedule");
+    }
+    assert_eq!(otpatchctl(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
+fn man_page_on_stdout() {
+    let o = otpatchctl(&["man"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let page = stdout(&o);
+    assert!(page.starts_with(".ie") || page.contains(".TH"), "not roff:\n{page}");
+    for sub in SUBCOMMANDS {
+        assert!(page.contains(sub), "man page does not mention {sub}");
+    }
+    assert!(page.contains("Exit codes"), "man page lacks the exit codes");
+}
+
+#[test]
+fn man_pages_into_a_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("man1");
+    let o = otpatchctl(&["man", "--out", out.to_str().expect("utf-8 path")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    for page in ["otpatchctl.1", "otpatchctl-window.1", "otpatchctl-window-schedule.1", "otpatchctl-policy-check.1"] {
+        let text = fs::read_to_string(out.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page} is not a man page");
+    }
+    assert!(!out.join("otpatchctl-help.1").exists(), "no page for the help subcommand");
+    assert!(stdout(&o).contains("otpatchctl-watch.1"), "lists what it wrote:\n{}", stdout(&o));
+}
+
+const GOOD: &str = r#"[gateway]
+id = "gw-01"
+compatible = "acme-gw-x86"
+
+[trust]
+anchors = ["/etc/otpatch/trust/site-ca.pem"]
+
+[window.sunday]
+days = ["sun"]
+start = "02:00"
+duration = "2h"
+timezone = "Europe/Berlin"
+
+[segmentation.allow.historian]
+address = "10.0.5.20"
+port = 4840
+"#;
+
+/// A root with the site policy in its standard place and the trust anchor it names.
+fn root_with(policy: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().expect("temp dir");
+    write(root.path(), "etc/otpatch/policy.toml", policy);
+    write(root.path(), "etc/otpatch/trust/site-ca.pem", "-----BEGIN CERTIFICATE-----\n");
+    root
+}
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+    fs::write(path, text).expect("write");
+}
+
+#[test]
+fn good_policy_in_the_standard_place() {
+    let root = root_with(GOOD);
+    let o = otpatchctl(&["policy", "check", "--root", root.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "policy OK: 1 files, 1 windows, 0 probes, 1 flows\n");
+}
+
+#[test]
+fn good_policy_as_json() {
+    let root = root_with(GOOD);
+    let o = otpatchctl(&["--json", "policy", "check", "--root", root.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    assert_eq!(v["gateway"]["id"], "gw-01");
+}
+
+#[test]
+fn missing_anchor_is_found_unless_files_are_not_checked() {
+    let root = tempfile::tempdir().expect("temp dir");
+    write(root.path(), "etc/otpatch/policy.toml", GOOD);
+    let r = root.path().to_str().expect("utf-8");
+    let o = otpatchctl(&["policy", "check", "--root", r]);
+    assert_eq!(o.status.code(), Some(6), "{}", stdout(&o));
+    assert!(stderr(&o).contains("policy.toml:6:"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("trust.anchors"), "{}", stderr(&o));
+    let o = otpatchctl(&["policy", "check", "--root", r, "--no-files"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
+#[test]
+fn broken_policy_files_exit_6_with_positions() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site = dir.path().join("site.toml");
+    let line3 = dir.path().join("line3.toml");
+    fs::write(&site, GOOD).expect("write");
+    fs::write(&line3, "[limits]\nmax_window = \"90 fortnights\"\n\n[rollback]\non_degraded = \"maybe\"\n")
+        .expect("write");
+    let o =
+        otpatchctl(&["policy", "check", site.to_str().expect("utf-8"), line3.to_str().expect("utf-8"), "--no-files"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stdout(&o));
+    let err = stderr(&o);
+    let line3_name = line3.display().to_string();
+    assert!(err.contains(&format!("{line3_name}:2:")), "{err}");
+    assert!(err.contains("limits.max_window"), "{err}");
+    assert!(err.contains(&format!("{line3_name}:5:")), "{err}");
+    assert!(err.contains("rollback.on_degraded"), "{err}");
+    assert!(stdout(&o).is_empty(), "errors go to stderr: {}", stdout(&o));
+
+    let o = otpatchctl(&[
+        "--json",
+        "policy",
+        "check",
+        site.to_str().expect("utf-8"),
+        line3.to_str().expect("utf-8"),
+        "--no-files",
+    ]);
+    assert_eq!(o.status.code(), Some(6));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    assert_eq!(v["error"]["name"], "otpatchctl.PolicyInvalid");
+    let errors = v["errors"].as_array().expect("an error list");
+    assert_eq!(errors.len(), 2, "{v}");
+    assert_eq!(errors[0]["file"], line3_name.as_str());
+    assert_eq!(errors[0]["line"], 2);
+    assert_eq!(errors[0]["key"], "limits.max_window");
+}
+
+#[test]
+fn syntax_errors_are_positioned() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site = dir.path().join("site.toml");
+    fs::write(&site, "[gateway]\nid = \"gw-01\ncompatible = \"x\"\n").expect("write");
+    let o = otpatchctl(&["policy", "check", site.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(stderr(&o).contains(&format!("{}:2:", site.display())), "{}", stderr(&o));
+}
+
+#[test]
+fn no_policy_at_all() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let o = otpatchctl(&["policy", "check", "--root", root.path().to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(6));
+    assert!(stderr(&o).contains("no policy files found"), "{}", stderr(&o));
+}
+
+#[test]
+fn no_bus_exits_3() {
+    let o = otpatchctl(&["status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.starts_with("otpatchctl: cannot connect to the system bus"), "{err}");
+    assert!(err.contains("DBUS_SYSTEM_BUS_ADDRESS"), "{err}");
+
+    let o = otpatchctl(&["--json", "window", "list"]);
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
+    assert_eq!(v["error"]["name"], "otpatchctl.NoBus");
+    assert!(v["error"]["message"].as_str().expect("a message").contains("DBUS_SYSTEM_BUS_ADDRESS"));
+}
