@@ -2,6 +2,8 @@
 //! makes of it: before anything is applied the window resumes and commits; from the apply on it rolls back;
 //! a committed change is never applied twice; segmentation is always lifted in the end.
 
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

@@ -1,15 +1,27 @@
 //! The D-Bus contract against a real dbus-daemon: introspection matches the committed XML, authorization is
 //! enforced by the bus policy and by the daemon itself, bad input gets clear errors, bad policies are refused.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use otpatch_tests::*;
 
-/// The `<interface name="io.otpatch.Daemon1">` element, one trimmed line per line, comments dropped.
-fn interface_block(xml: &str) -> Vec<String> {
+/// The raw `<interface name="io.otpatch.Daemon1">` element.
+fn interface_element(xml: &str) -> &str {
     let start = xml.find(r#"<interface name="io.otpatch.Daemon1">"#).expect("interface element present");
     let end = start + xml[start..].find("</interface>").expect("interface closed") + "</interface>".len();
-    xml[start..end].lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty() && !l.starts_with("<!--")).collect()
+    &xml[start..end]
+}
+
+/// The interface element without comments, one trimmed line per line: what the contract is.
+fn interface_block(xml: &str) -> Vec<String> {
+    let mut text = interface_element(xml).to_string();
+    while let Some(a) = text.find("<!--") {
+        let b = text[a..].find("-->").map(|i| a + i + 3).expect("comment closed");
+        text.replace_range(a..b, "");
+    }
+    text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
 }
 
 #[test]
@@ -32,9 +44,9 @@ fn live_introspection_matches_the_committed_interface_xml() {
     let live = String::from_utf8(out.stdout).unwrap();
     let committed_path = repo_root().join("daemon/dist/io.otpatch.Daemon1.xml");
     if std::env::var_os("OTPATCH_BLESS").is_some() {
-        let block = interface_block(&live).join("\n");
+        let block = interface_element(&live);
         let xml = format!(
-            "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus contract of otpatchd. Generated from the live daemon (OTPATCH_BLESS=1 cargo test -p otpatch-tests --test dbus_api); a test checks that they match. -->\n<node name=\"/io/otpatch/Daemon1\">\n{block}\n</node>\n"
+            "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- The D-Bus contract of otpatchd. Generated from the live daemon by the dbus_api test run with OTPATCH_BLESS=1; that test checks that they match. -->\n<node name=\"/io/otpatch/Daemon1\">\n  {block}\n</node>\n"
         );
         std::fs::write(&committed_path, xml).unwrap();
     }
@@ -103,7 +115,8 @@ fn bad_arguments_get_clear_errors_and_the_daemon_keeps_running() {
     let mut d = Daemon::start(&bus, &gw, "", "");
     let start = start_in(3600);
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
-        (vec!["window", "schedule", "--start", &start, "--duration", "ninety"], 5, "duration"),
+        // otpatchctl reads the duration itself: a usage error before anything is sent.
+        (vec!["window", "schedule", "--start", &start, "--duration", "ninety"], 2, "ninety"),
         (vec!["window", "schedule", "--start", "2020-01-01T02:00Z", "--duration", "30m"], 5, "past"),
         (vec!["window", "schedule", "--start", "tomorrow", "--duration", "30m"], 5, "start"),
         (vec!["window", "schedule", "--start", &start, "--duration", "30m", "--tz", "Mars/Olympus"], 5, "Mars/Olympus"),
@@ -118,6 +131,29 @@ fn bad_arguments_get_clear_errors_and_the_daemon_keeps_running() {
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(err.contains(needle), "{args:?}: message should mention {needle:?}: {}", text(&o));
     }
+    // The daemon reads it too, for callers that are not otpatchctl.
+    let call = |args: &[&str]| {
+        std::process::Command::new("dbus-send")
+            .args(["--system", "--print-reply", "--dest=io.otpatch.Daemon1", "/io/otpatch/Daemon1"])
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .output()
+            .unwrap()
+    };
+    let o = call(&[
+        "io.otpatch.Daemon1.ScheduleWindow",
+        &format!("string:{start}"),
+        "string:ninety",
+        "string:",
+        "boolean:true",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("org.freedesktop.DBus.Error.InvalidArgs") && err.contains("ninety"), "{}", text(&o));
+    let o = call(&["io.otpatch.Daemon1.ListWindows", "uint32:0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("InvalidArgs"), "{}", text(&o));
+    let o = call(&["io.otpatch.Daemon1.ScheduleWindow", "string:x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("InvalidArgs"), "wrong signature: {}", text(&o));
     assert!(d.alive());
     assert_eq!(ctl(&bus, &["status"], None).status.code(), Some(0));
 }

@@ -9,4 +9,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 # The process tests run these binaries; build them with the test features first.
 cargo build --workspace --bins --features "$features"
-cargo test --workspace --features "$features" "$@"
+cargo test --workspace --no-fail-fast --features "$features" "$@"

@@ -1,5 +1,7 @@
 //! Whole windows through otpatchd and otpatchctl on a private bus, with the fake backends.
 
+#![allow(clippy::unwrap_used)]
+
 use otpatch_tests::*;
 
 #[test]

@@ -166,8 +166,9 @@ pub struct Gateway {
     pub root: TempDir,
 }
 
-/// uid of a user in the test root's group `otpatch` (gid 977).
-pub const OPERATOR_UID: u32 = 4242;
+/// uid of a user in the test root's group `otpatch` (gid 977): `daemon` (uid 1), which exists on every Debian
+/// host, so the bus can look it up; the gateway root's /etc/passwd gives it primary group `otpatch`.
+pub const OPERATOR_UID: u32 = 1;
 /// uid of nobody.
 pub const NOBODY_UID: u32 = 65534;
 
@@ -292,7 +293,7 @@ pub fn ctl(bus: &Bus, args: &[&str], uid: Option<u32>) -> Output {
     let mut cmd = Command::new(bin("otpatchctl"));
     cmd.args(args).env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address).env("NO_COLOR", "1").stdin(Stdio::null());
     if let Some(uid) = uid {
-        cmd.uid(uid).gid(if uid == OPERATOR_UID { 977 } else { 65534 });
+        cmd.uid(uid).gid(if uid == OPERATOR_UID { 1 } else { 65534 });
     }
     cmd.output().unwrap()
 }
@@ -336,6 +337,6 @@ mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil_from_days(0), (1970, 1, 1));
-        assert_eq!(super::civil_from_days(20_789), (2026, 12, 1));
+        assert_eq!(super::civil_from_days(20_788), (2026, 12, 1));
     }
 }
