@@ -185,3 +185,39 @@ fn a_bad_policy_is_refused_on_reload_and_the_running_one_stays() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(gw.audit_text().contains("policy-rejected") && gw.audit_text().contains("policy-reloaded"));
 }
+
+#[test]
+fn systemd_hears_ready_after_the_name_is_owned_then_status_and_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let bus = Bus::start(BusPolicy::Shipped);
+    let gw = Gateway::new(POLICY);
+    let sock_path = gw.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _d = Daemon::spawn_with_env(
+        &bus,
+        &gw,
+        "",
+        "",
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    // Bounded: at most 200 datagrams, each within the read timeout.
+    for _ in 0..200 {
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        if msg.contains("READY=1") {
+            // READY comes only once recovery is done and the name is owned: the daemon answers at once.
+            let o = ctl(&bus, &["status"], None);
+            assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        }
+        seen.push(msg);
+        if seen.iter().any(|m| m.contains("READY=1")) && seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2 {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "{seen:?}");
+    assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "watchdog pings: {seen:?}");
+}

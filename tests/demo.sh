@@ -78,11 +78,13 @@ echo "watch exit code: $rc (0 = committed)"
 [ "$rc" -eq 0 ] || exit 1
 
 echo
-echo "== window 2: the plant's health degrades after apply -> automatic rollback =="
+echo "== window 2: a newer bundle in the same window; the plant's health fails after apply -> automatic rollback =="
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 start_daemon "delay=300ms,health=fail,health-fail-after=1s,version=1.0.2"
-"$otpatchctl" window schedule --start "$(in_seconds 2)" --duration 15m
-rc=0; "$otpatchctl" watch --exit-on-complete --max-wait 120s || rc=$?
+"$otpatchctl" watch --exit-on-complete --max-wait 120s & watcher=$!
+sleep 0.5
+"$otpatchctl" apply
+rc=0; wait "$watcher" || rc=$?
 echo "watch exit code: $rc (9 = rolled back)"
 [ "$rc" -eq 9 ] || exit 1
 

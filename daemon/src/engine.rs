@@ -385,6 +385,28 @@ impl State {
         matches!(self, State::Checkpointed { .. } | State::Applying { .. } | State::Observing { .. })
     }
 
+    /// What the daemon is doing in this state, for the `Progress` property.
+    pub fn doing(&self) -> &'static str {
+        match self {
+            State::Idle => "",
+            State::Scheduled { .. } => "waiting for the window to open",
+            State::Arming { .. } => "preflight checks",
+            State::Armed { .. } => "applying segmentation",
+            State::Segmented { .. } => "downloading the bundle",
+            State::Fetched { .. } => "verifying the bundle's signature",
+            State::Verified { .. } => "checkpointing critical processes",
+            State::Checkpointed { .. } => "starting the apply",
+            State::Applying { .. } => "applying the change",
+            State::Observing { .. } => "observing plant health",
+            State::Committed { .. } => "committed; lifting segmentation",
+            State::UpToDate { .. } => "nothing newer; lifting segmentation",
+            State::RollingBack { .. } => "rolling back",
+            State::RolledBack { .. } => "rolled back; lifting segmentation",
+            State::Failed { .. } => "failed; lifting segmentation",
+            State::Closed { .. } => "window closed",
+        }
+    }
+
     /// Percent done through a window's walk, for the `Progress` property.
     pub fn percent(&self) -> i32 {
         match self {

@@ -482,6 +482,12 @@ impl Orchestrator {
         if let State::Arming { .. } = self.state {
             self.status.send_modify(|s| s.last_error.clear());
         }
+        // Each state starts with its own progress; backends refine it while they work.
+        let (percent, message) = (self.state.percent(), self.state.doing().to_string());
+        self.status.send_modify(|s| {
+            s.progress_percent = percent;
+            s.progress_message = message;
+        });
         if let Err(e) = self.failpoints.hit(&format!("journal:{}", self.state.name())) {
             warn!(error = %e, "failpoint");
         }
@@ -911,12 +917,6 @@ impl Orchestrator {
             n.next_window_start = next.as_ref().map(|o| o.start.as_second()).unwrap_or(0);
             n.policy_sources = sources;
             n.segmentation_active = self.segmented;
-            if st.percent() != 0 || !st.in_progress() {
-                n.progress_percent = if st.in_progress() { st.percent() } else { 0 };
-                if !st.in_progress() {
-                    n.progress_message.clear();
-                }
-            }
             if n != *s {
                 *s = n;
                 true

@@ -225,6 +225,11 @@ impl Daemon {
 
     /// Starts otpatchd without waiting.
     pub fn spawn(bus: &Bus, gw: &Gateway, script: &str, failpoints: &str) -> Daemon {
+        Self::spawn_with_env(bus, gw, script, failpoints, &[])
+    }
+
+    /// Starts otpatchd without waiting, with extra environment variables.
+    pub fn spawn_with_env(bus: &Bus, gw: &Gateway, script: &str, failpoints: &str, env: &[(&str, &str)]) -> Daemon {
         let log = gw.path().join(format!("otpatchd-{}.log", std::process::id()));
         let logf = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(bin("otpatchd"))
@@ -233,6 +238,7 @@ impl Daemon {
             .env("OTPATCH_FAKE_SCRIPT", script)
             .env("OTPATCH_FAILPOINTS", failpoints)
             .env("OTPATCH_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
