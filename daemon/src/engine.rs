@@ -380,6 +380,21 @@ impl State {
         !matches!(self, State::Idle | State::Scheduled { .. } | State::Closed { .. })
     }
 
+    /// Whether the window's hard end still changes the outcome (work under way, nothing decided yet).
+    pub fn deadline_applies(&self) -> bool {
+        matches!(
+            self,
+            State::Arming { .. }
+                | State::Armed { .. }
+                | State::Segmented { .. }
+                | State::Fetched { .. }
+                | State::Verified { .. }
+                | State::Checkpointed { .. }
+                | State::Applying { .. }
+                | State::Observing { .. }
+        )
+    }
+
     /// Whether the change may be in place and not yet committed.
     pub fn change_pending(&self) -> bool {
         matches!(self, State::Checkpointed { .. } | State::Applying { .. } | State::Observing { .. })

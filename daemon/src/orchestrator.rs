@@ -335,14 +335,7 @@ impl Orchestrator {
         match &self.state {
             State::Scheduled { window } if window.auto_start => Some((window.start, Event::Start)),
             State::Scheduled { window } => Some((window.end, Event::Deadline)),
-            State::Arming { window }
-            | State::Armed { window }
-            | State::Segmented { window }
-            | State::Fetched { window, .. }
-            | State::Verified { window, .. }
-            | State::Checkpointed { window, .. }
-            | State::Applying { window, .. }
-            | State::Observing { window, .. } => Some((window.end, Event::Deadline)),
+            s if s.deadline_applies() => s.window().map(|w| (w.end, Event::Deadline)),
             _ => None,
         }
     }

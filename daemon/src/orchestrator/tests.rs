@@ -6,7 +6,7 @@ use otpatch_common::policy::{parse_sources, LoadOptions};
 use tokio::task::JoinHandle;
 
 use super::*;
-use crate::backend::fake::{FakeHealth, FakeScript, FakeWorld};
+use crate::backend::fake::{FakeHealth, FakeScript, FakeWorld, WorldState};
 use crate::backend::{Clock, TokioClock};
 
 const POLICY: &str = r#"
@@ -122,6 +122,29 @@ impl Running {
         }
         self.task.await.unwrap();
     }
+}
+
+/// Runs a window of `duration` until the engine reaches `state`, then kills the orchestrator without its shutdown
+/// path (a crash). The fake world is kept in `world.json` under `root`.
+async fn crash_at(root: &Path, clock: Arc<dyn Clock>, duration: &str, state: &str) -> FakeWorld {
+    let world = FakeWorld::persistent(&root.join("world.json"), FakeScript::default());
+    let r = start(root, &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", duration).await.unwrap();
+    r.reached(&mut notices, state).await;
+    r.task.abort();
+    let _ = r.task.await;
+    world
+}
+
+/// Starts a new orchestrator on what the crashed one left and returns the outcome of the window it recovers.
+async fn restart_and_finish(root: &Path, clock: Arc<dyn Clock>) -> (String, WorldState) {
+    let world = FakeWorld::persistent(&root.join("world.json"), FakeScript::default());
+    let r = start(root, &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    let outcome = r.completed(&mut notices).await;
+    r.stop().await;
+    (outcome, world.snapshot())
 }
 
 fn script(f: impl FnOnce(&mut FakeScript)) -> FakeScript {
@@ -243,74 +266,41 @@ async fn deadline_during_observation_rolls_back_at_the_hard_end() {
 #[tokio::test(start_paused = true)]
 async fn crash_while_observing_rolls_back_on_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
-    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
-    r.reached(&mut notices, "observing").await;
-    // Crash: the task is gone without its shutdown path.
-    r.task.abort();
-    let _ = r.task.await;
+    let world = crash_at(dir.path(), clock.clone(), "90m", "observing").await;
     assert_eq!(world.snapshot().applied, vec!["1.0.1"]);
     assert!(world.snapshot().segmentation_active);
-
-    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
-    let r2 = start(dir.path(), &world2, clock, settings("")).await;
-    let mut notices = r2.handle.notices.subscribe();
-    let outcome = r2.completed(&mut notices).await;
+    let (outcome, w) = restart_and_finish(dir.path(), clock).await;
     assert_eq!(outcome, "rolled-back: daemon restarted while the change was in place");
-    let w = world2.snapshot();
     assert!(w.applied.is_empty());
     assert!(w.committed.is_empty());
     assert!(!w.segmentation_active);
     assert_eq!(w.restored, vec!["ckpt-w-20261201-0010"]);
-    r2.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn crash_before_apply_resumes_the_open_window() {
     let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
-    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
-    r.reached(&mut notices, "fetched").await;
-    r.task.abort();
-    let _ = r.task.await;
-
-    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
-    let r2 = start(dir.path(), &world2, clock, settings("")).await;
-    let mut notices = r2.handle.notices.subscribe();
-    assert_eq!(r2.completed(&mut notices).await, "committed 1.0.1");
-    let w = world2.snapshot();
+    crash_at(dir.path(), clock.clone(), "90m", "fetched").await;
+    let (outcome, w) = restart_and_finish(dir.path(), clock).await;
+    assert_eq!(outcome, "committed 1.0.1");
     assert_eq!(w.counts["firewall.apply"], 2, "segmentation re-applied on restart");
     assert_eq!(w.counts["livepatch.apply"], 1);
     assert!(!w.segmentation_active);
-    r2.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn restart_after_the_window_ended_lifts_and_fails_it() {
     let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
-    let clock = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
-    r.schedule("2026-12-01T00:10", "30m").await.unwrap();
-    r.reached(&mut notices, "segmented").await;
-    r.task.abort();
-    let _ = r.task.await;
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let world = crash_at(dir.path(), clock.clone(), "30m", "segmented").await;
     assert!(world.snapshot().segmentation_active);
     // The daemon stays down past the window's end.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    let world2 = FakeWorld::persistent(&dir.path().join("world.json"), FakeScript::default());
-    let r2 = start(dir.path(), &world2, clock, settings("")).await;
-    let mut notices = r2.handle.notices.subscribe();
-    assert_eq!(r2.completed(&mut notices).await, "failed: window ended before the change was committed");
-    assert!(!world2.snapshot().segmentation_active);
-    r2.stop().await;
+    let (outcome, w) = restart_and_finish(dir.path(), clock).await;
+    assert_eq!(outcome, "failed: window ended before the change was committed");
+    assert!(!w.segmentation_active);
 }
 
 #[tokio::test(start_paused = true)]
