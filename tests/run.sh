@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features="otpatchd/fake-backends,otpatchd/failpoints"
+# Pinned Python tools and independent peers (pymodbus, oelint-adv) in a venv of the repository.
+if [ ! -x .venv/bin/python3 ]; then python3 -m venv .venv; fi
+.venv/bin/python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+export OTPATCH_PYTHON="$PWD/.venv/bin/python3"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 # The process tests run these binaries; build them with the test features first.
