@@ -14,7 +14,10 @@ fn crash_at(state: &str, script: &str) -> (Gateway, serde_json::Value) {
     let gw = Gateway::new(POLICY);
     let mut d = Daemon::start(&bus, &gw, script, &format!("journal:{state}=crash"));
     let o = ctl(&bus, &["window", "schedule", "--start", &start_in(1), "--duration", "10m"], None);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // A crash right as the window is taken up may beat the reply out of the door; the window was saved first.
+    let accepted =
+        if state == "scheduled" { [Some(0), Some(3)].contains(&o.status.code()) } else { o.status.success() };
+    assert!(accepted, "{}", text(&o));
     let st = d.wait_exit(Duration::from_secs(60));
     assert_eq!(st.signal(), Some(9), "otpatchd should have crashed at {state}: {}", d.log_text());
     drop(d);
@@ -27,7 +30,8 @@ fn crash_at(state: &str, script: &str) -> (Gateway, serde_json::Value) {
     });
     let w = gw.world();
     assert_eq!(w["segmentation_active"], false, "segmentation lifted after a crash at {state}");
-    assert!(gw.audit_text().contains("\"recovery\"") || state == "closed", "recovery audited");
+    let in_window = !matches!(state, "closed" | "scheduled");
+    assert!(gw.audit_text().contains("\"recovery\"") || !in_window, "recovery audited");
     (gw, status)
 }
 
@@ -49,6 +53,10 @@ fn rolls_back(state: &str, script: &str) {
     assert_eq!(w["restored"].as_array().map(|a| a.len()), Some(1), "checkpoint restored after a crash at {state}");
 }
 
+#[test]
+fn crash_at_scheduled() {
+    resumes_and_commits("scheduled");
+}
 #[test]
 fn crash_at_arming() {
     resumes_and_commits("arming");
@@ -94,4 +102,22 @@ fn crash_at_closed() {
     let (gw, status) = crash_at("closed", "");
     assert_eq!(status["last_outcome"], "committed 1.0.1");
     assert_eq!(gw.world()["counts"]["livepatch.apply"], 1);
+}
+#[test]
+fn crash_at_rolled_back() {
+    rolls_back("rolled-back", "health=fail,health-fail-after=200ms");
+}
+#[test]
+fn crash_at_failed_applies_nothing() {
+    let (gw, status) = crash_at("failed", "fail=verify");
+    let outcome = status["last_outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("failed: bundle rejected"), "{outcome}");
+    assert_eq!(gw.world()["applied"], serde_json::json!([]));
+    assert!(gw.world()["counts"].get("livepatch.apply").is_none());
+}
+#[test]
+fn crash_at_up_to_date() {
+    let (gw, status) = crash_at("up-to-date", "nothing-to-fetch=true");
+    assert_eq!(status["last_outcome"], "up-to-date");
+    assert!(gw.world()["counts"].get("livepatch.apply").is_none());
 }
