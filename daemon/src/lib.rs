@@ -16,3 +16,4 @@ pub mod journal;
 pub mod orchestrator;
 pub mod service;
 pub mod sysroot;
+pub mod firewall;

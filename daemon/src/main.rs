@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use otpatch_common::api::BUS_NAME;
 use otpatch_common::policy::{self, LoadOptions, PolicyPaths};
+use otpatch_common::policy::{FirewallBackend, Settings};
 use otpatchd::backend::unavailable::Unavailable;
-use otpatchd::backend::{Backends, Clock, SystemClock};
+use otpatchd::backend::{Backends, Clock, Firewall, SystemClock};
 use otpatchd::failpoints::Failpoints;
+use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
 use otpatchd::orchestrator::{Command, Orchestrator, PolicyLoader};
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
@@ -87,10 +89,29 @@ fn policy_loader(root: &Sysroot, files: &[PathBuf]) -> PolicyLoader {
     })
 }
 
-fn backends(choice: BackendChoice, _root: &Sysroot, clock: Arc<dyn Clock>) -> anyhow::Result<Backends> {
+async fn firewall(settings: &Settings) -> Arc<dyn Firewall> {
+    let nft = vec!["nft".to_string()];
+    match firewall::detect(settings.segmentation.backend, &nft).await {
+        FirewallBackend::Iptables => {
+            info!("segmentation backend: iptables");
+            Arc::new(IptablesFirewall::new(Vec::new(), "iptables", "ip6tables"))
+        }
+        _ => {
+            info!("segmentation backend: nftables");
+            Arc::new(NftFirewall::new(nft))
+        }
+    }
+}
+
+async fn backends(
+    choice: BackendChoice,
+    settings: &Settings,
+    _root: &Sysroot,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Backends> {
     Ok(match choice {
         BackendChoice::Real => Backends {
-            firewall: Arc::new(Unavailable("segmentation (nftables/iptables)")),
+            firewall: firewall(settings).await,
             fetcher: Arc::new(Unavailable("patch channel (mutual TLS)")),
             verifier: Arc::new(Unavailable("bundle verifier (CMS)")),
             checkpointer: Arc::new(Unavailable("checkpoint (CRIU)")),
@@ -143,7 +164,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let backends = backends(args.backends, &root, clock)?;
+    let backends = backends(args.backends, &settings, &root, clock).await?;
     let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
     let gateway = settings.gateway.id.clone();
 

@@ -1,0 +1,206 @@
+//! Window segmentation: the [`Firewall`](crate::backend::Firewall) backends.
+//!
+//! While a window is open the gateway may talk only to the patch server and to the OT flows the plant needs
+//! (every health-probe target and the policy's extra flows, by address and port, so that a Modbus connection
+//! opened before the window keeps working even if conntrack has never seen it). Everything else is dropped and
+//! counted. The rules live in the project's own table (nftables: `table inet otpatch`; iptables: chains
+//! `OTPATCH-INPUT`, `OTPATCH-OUTPUT`, `OTPATCH-FORWARD` hooked first into the built-in chains); the site's own
+//! tables and chains are never touched. Applying and lifting are each one transaction.
+//!
+//! Both backends run an external command (`nft`, `iptables-restore`) given as an argv prefix, so tests run the
+//! very same code inside a network namespace (`ip netns exec gw nft`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+
+use otpatch_common::policy::{Direction, FirewallBackend, Protocol};
+use tokio::io::AsyncWriteExt;
+
+use crate::backend::{BackendError, BackendResult, SegmentationPlan};
+
+pub mod iptables;
+pub mod nft;
+
+/// Name of the nftables table and prefix of the iptables chains.
+pub const TABLE: &str = "otpatch";
+
+/// One allowed flow, resolved to an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Who opens the connection: the gateway (outbound), the peer (inbound), or either.
+    pub direction: Direction,
+    /// Why it is allowed (for the ruleset's comments).
+    pub why: String,
+}
+
+/// The resolved ruleset of one window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub window_id: String,
+    pub rules: Vec<Rule>,
+    pub log_drops: bool,
+}
+
+impl Ruleset {
+    /// Resolves the plan: the server's host name (if it is one) through the system resolver, every probe
+    /// target and flow as given. Done before the window segments, so name resolution itself is never blocked.
+    pub async fn resolve(plan: &SegmentationPlan) -> BackendResult<Ruleset> {
+        let mut rules = Vec::new();
+        if let Some((host, port)) = &plan.server {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| BackendError::new(format!("cannot resolve the patch server {host}: {e}")))?
+                .collect();
+            if addrs.is_empty() {
+                return Err(BackendError::new(format!("the patch server {host} has no address")));
+            }
+            for a in dedup(addrs) {
+                rules.push(Rule {
+                    addr: a.ip(),
+                    port: a.port(),
+                    protocol: Protocol::Tcp,
+                    direction: Direction::Outbound,
+                    why: format!("patch server {host}"),
+                });
+            }
+        }
+        for t in &plan.probe_targets {
+            rules.push(Rule {
+                addr: t.ip(),
+                port: t.port(),
+                protocol: Protocol::Tcp,
+                direction: Direction::Outbound,
+                why: "health probe target".into(),
+            });
+        }
+        for f in &plan.flows {
+            rules.push(Rule {
+                addr: f.address,
+                port: f.port,
+                protocol: f.protocol,
+                direction: f.direction,
+                why: format!("flow {}", f.name),
+            });
+        }
+        // The same flow named twice (a probe target that is also a policy flow) needs one rule.
+        let mut seen = Vec::new();
+        rules.retain(|r| {
+            let key = (r.addr, r.port, r.protocol, r.direction);
+            if seen.contains(&key) {
+                false
+            } else {
+                seen.push(key);
+                true
+            }
+        });
+        Ok(Ruleset { window_id: plan.window_id.clone(), rules, log_drops: plan.log_drops })
+    }
+}
+
+fn dedup(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn proto_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+/// Runs `argv` with `input` on stdin; an error carries the command's own stderr.
+pub(crate) async fn run(argv: &[String], extra: &[&str], input: Option<&str>) -> BackendResult<String> {
+    let (prog, args) = argv.split_first().ok_or_else(|| BackendError::new("empty firewall command"))?;
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args).args(extra).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let shown = format!("{} {}", argv.join(" "), extra.join(" "));
+    let mut child = cmd.spawn().map_err(|e| BackendError::new(format!("cannot run {}: {e}", shown.trim())))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .await
+            .map_err(|e| BackendError::new(format!("writing to {}: {e}", shown.trim())))?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| BackendError::new(format!("{}: {e}", shown.trim())))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(BackendError::new(format!("{} failed ({}): {}", shown.trim(), out.status, err.trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Picks the backend: the policy's choice, or with `auto` nftables when `nft` answers, else iptables.
+pub async fn detect(choice: FirewallBackend, nft_argv: &[String]) -> FirewallBackend {
+    match choice {
+        FirewallBackend::Auto => {
+            if run(nft_argv, &["list", "tables"], None).await.is_ok() {
+                FirewallBackend::Nftables
+            } else {
+                FirewallBackend::Iptables
+            }
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otpatch_common::policy::Flow;
+
+    #[tokio::test]
+    async fn resolve_merges_server_probes_and_flows_without_duplicates() {
+        let plan = SegmentationPlan {
+            window_id: "w-1".into(),
+            server: Some(("127.0.0.1".into(), 8443)),
+            flows: vec![
+                Flow {
+                    name: "historian".into(),
+                    address: "10.0.5.20".parse().unwrap(),
+                    port: 4840,
+                    protocol: Protocol::Tcp,
+                    direction: Direction::Outbound,
+                },
+                Flow {
+                    name: "plc-again".into(),
+                    address: "10.0.5.10".parse().unwrap(),
+                    port: 502,
+                    protocol: Protocol::Tcp,
+                    direction: Direction::Outbound,
+                },
+            ],
+            probe_targets: vec!["10.0.5.10:502".parse().unwrap()],
+            log_drops: false,
+        };
+        let rs = Ruleset::resolve(&plan).await.unwrap();
+        let got: Vec<(String, u16)> = rs.rules.iter().map(|r| (r.addr.to_string(), r.port)).collect();
+        assert_eq!(got, vec![("127.0.0.1".into(), 8443), ("10.0.5.10".into(), 502), ("10.0.5.20".into(), 4840)]);
+    }
+
+    #[tokio::test]
+    async fn an_unresolvable_server_is_a_clear_error() {
+        let plan = SegmentationPlan {
+            window_id: "w-1".into(),
+            server: Some(("no-such-host.invalid".into(), 443)),
+            flows: vec![],
+            probe_targets: vec![],
+            log_drops: false,
+        };
+        let e = Ruleset::resolve(&plan).await.unwrap_err();
+        assert!(e.0.contains("no-such-host.invalid"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn failing_commands_report_their_stderr() {
+        let e = run(&["sh".into(), "-c".into()], &["echo boom >&2; exit 3"], None).await.unwrap_err();
+        assert!(e.0.contains("boom") && e.0.contains("exit status: 3"), "{e}");
+        let e = run(&["/nonexistent/nft".into()], &[], None).await.unwrap_err();
+        assert!(e.0.contains("cannot run /nonexistent/nft"), "{e}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The nftables backend: one `nft -f -` transaction creates `table inet otpatch` with its input, output and
+//! forward chains; another deletes it. The `add table` + `delete table` prologue makes both idempotent (it works
+//! whether or not the table exists) without `destroy`, which nft 1.0.6 (Debian 12) lacks.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+
+use super::{proto_name, run, Rule, Ruleset, TABLE};
+use crate::backend::{BackendError, BackendResult, Firewall, LiftReport, SegmentationPlan};
+use otpatch_common::policy::Direction;
+
+/// Drives `nft` (or an argv prefix such as `ip netns exec gw nft`).
+#[derive(Debug, Clone)]
+pub struct NftFirewall {
+    argv: Vec<String>,
+}
+
+impl NftFirewall {
+    pub fn new(argv: Vec<String>) -> Self {
+        NftFirewall { argv }
+    }
+
+    /// The `nft -f` script for a ruleset: replaces the table in one transaction.
+    pub fn script(rs: &Ruleset) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "add table inet {TABLE}");
+        let _ = writeln!(s, "delete table inet {TABLE}");
+        let _ = writeln!(s, "table inet {TABLE} {{");
+        let _ = writeln!(s, "  comment \"otpatch window {}: lifted when the window ends\"", sanitize(&rs.window_id));
+        for (chain, hook) in [("input", "input"), ("output", "output"), ("forward", "forward")] {
+            let _ = writeln!(s, "  chain {chain} {{");
+            let _ = writeln!(s, "    type filter hook {hook} priority filter - 10; policy accept;");
+            match chain {
+                "input" => s.push_str("    iif \"lo\" accept\n"),
+                "output" => s.push_str("    oif \"lo\" accept\n"),
+                _ => {}
+            }
+            s.push_str("    ct state established,related accept\n");
+            for r in &rs.rules {
+                for line in rule_lines(r, chain) {
+                    let _ = writeln!(s, "    {line} accept comment \"{}\"", sanitize(&r.why));
+                }
+            }
+            if rs.log_drops {
+                let _ = writeln!(
+                    s,
+                    "    limit rate 10/second burst 20 packets log prefix \"otpatch drop {chain}: \" level info"
+                );
+            }
+            s.push_str("    counter drop comment \"otpatch: not allowed during the window\"\n");
+            s.push_str("  }\n");
+        }
+        s.push_str("}\n");
+        s
+    }
+
+    /// Packets dropped so far, summed over the drop rules (None when the table is not there).
+    pub async fn dropped(&self) -> BackendResult<Option<u64>> {
+        let text = match run(&self.argv, &["-j", "list", "table", "inet", TABLE], None).await {
+            Ok(t) => t,
+            Err(_) if !self.active().await? => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(dropped_from_json(&text)?))
+    }
+
+    /// The ruleset as nft lists it (for status displays).
+    pub async fn listing(&self) -> BackendResult<Option<String>> {
+        if !self.active().await? {
+            return Ok(None);
+        }
+        run(&self.argv, &["list", "table", "inet", TABLE], None).await.map(Some)
+    }
+}
+
+/// Drop-rule counters from `nft -j list table` output.
+pub fn dropped_from_json(text: &str) -> BackendResult<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| BackendError::new(format!("unreadable nft JSON: {e}")))?;
+    let items = v["nftables"].as_array().ok_or_else(|| BackendError::new("nft JSON without an nftables array"))?;
+    let mut total = 0u64;
+    for item in items {
+        let Some(expr) = item["rule"]["expr"].as_array() else { continue };
+        let drops = expr.iter().any(|e| e.get("drop").is_some());
+        if !drops {
+            continue;
+        }
+        for e in expr {
+            if let Some(p) = e["counter"]["packets"].as_u64() {
+                total += p;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Characters that could break out of an nft string.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !matches!(c, '"' | '\\' | '\n' | '\r' | ';' | '{' | '}')).take(100).collect()
+}
+
+fn family(a: &IpAddr) -> &'static str {
+    match a {
+        IpAddr::V4(_) => "ip",
+        IpAddr::V6(_) => "ip6",
+    }
+}
+
+/// The match expressions a rule needs in a chain: the direction of the connection decides which side's port
+/// is the service port; both directions of each connection are allowed by address and port, so that traffic of
+/// a connection conntrack has never seen (opened before the window) still passes.
+fn rule_lines(r: &Rule, chain: &str) -> Vec<String> {
+    let f = family(&r.addr);
+    let p = proto_name(r.protocol);
+    let (a, port) = (r.addr, r.port);
+    // Gateway opens: gateway -> peer:port, replies peer:port -> gateway.
+    let out_open = [format!("{f} daddr {a} {p} dport {port}"), format!("{f} saddr {a} {p} sport {port}")];
+    // Peer opens: peer -> gateway:port, replies gateway:port -> peer.
+    let in_open = [format!("{f} saddr {a} {p} dport {port}"), format!("{f} daddr {a} {p} sport {port}")];
+    let outbound = matches!(r.direction, Direction::Outbound | Direction::Both);
+    let inbound = matches!(r.direction, Direction::Inbound | Direction::Both);
+    let mut v = Vec::new();
+    match chain {
+        "output" => {
+            if outbound {
+                v.push(out_open[0].clone());
+            }
+            if inbound {
+                v.push(in_open[1].clone());
+            }
+        }
+        "input" => {
+            if outbound {
+                v.push(out_open[1].clone());
+            }
+            if inbound {
+                v.push(in_open[0].clone());
+            }
+        }
+        _ => {
+            // Routed OT traffic to or from the peer, either way.
+            v.push(out_open[0].clone());
+            v.push(out_open[1].clone());
+        }
+    }
+    v
+}
+
+#[async_trait]
+impl Firewall for NftFirewall {
+    async fn apply(&self, plan: &SegmentationPlan) -> BackendResult<()> {
+        let rs = Ruleset::resolve(plan).await?;
+        run(&self.argv, &["-f", "-"], Some(&Self::script(&rs))).await.map(|_| ())
+    }
+
+    async fn lift(&self) -> BackendResult<LiftReport> {
+        let dropped = self.dropped().await?;
+        run(&self.argv, &["-f", "-"], Some(&format!("add table inet {TABLE}\ndelete table inet {TABLE}\n"))).await?;
+        Ok(LiftReport { was_active: dropped.is_some(), dropped_packets: dropped.unwrap_or(0) })
+    }
+
+    async fn active(&self) -> BackendResult<bool> {
+        let tables = run(&self.argv, &["list", "tables"], None).await?;
+        Ok(tables.lines().any(|l| l.trim() == format!("table inet {TABLE}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otpatch_common::policy::Protocol;
+
+    fn rs() -> Ruleset {
+        Ruleset {
+            window_id: "w-1\"; flush ruleset".into(),
+            rules: vec![
+                Rule {
+                    addr: "192.0.2.10".parse().unwrap(),
+                    port: 8443,
+                    protocol: Protocol::Tcp,
+                    direction: Direction::Outbound,
+                    why: "patch server".into(),
+                },
+                Rule {
+                    addr: "2001:db8::5".parse().unwrap(),
+                    port: 4840,
+                    protocol: Protocol::Udp,
+                    direction: Direction::Inbound,
+                    why: "flow scada".into(),
+                },
+            ],
+            log_drops: true,
+        }
+    }
+
+    #[test]
+    fn script_allows_both_directions_by_address_and_port_and_drops_the_rest() {
+        let s = NftFirewall::script(&rs());
+        assert!(s.starts_with("add table inet otpatch\ndelete table inet otpatch\ntable inet otpatch {"));
+        assert!(s.contains("ip daddr 192.0.2.10 tcp dport 8443 accept comment \"patch server\""));
+        assert!(s.contains("ip saddr 192.0.2.10 tcp sport 8443 accept"));
+        assert!(s.contains("ip6 saddr 2001:db8::5 udp dport 4840 accept"));
+        assert!(s.contains("ip6 daddr 2001:db8::5 udp sport 4840 accept"));
+        assert_eq!(s.matches("counter drop").count(), 3);
+        assert_eq!(s.matches("log prefix").count(), 3);
+        // A hostile window id cannot inject statements.
+        assert!(!s.contains("\"; flush ruleset"));
+    }
+
+    #[test]
+    fn counters_are_read_from_drop_rules_only() {
+        let json = r#"{"nftables":[{"metainfo":{}},{"rule":{"expr":[{"counter":{"packets":7,"bytes":1}},{"accept":null}]}},
+            {"rule":{"expr":[{"counter":{"packets":3,"bytes":180}},{"drop":null}]}},
+            {"rule":{"expr":[{"counter":{"packets":2,"bytes":120}},{"drop":null}]}}]}"#;
+        assert_eq!(dropped_from_json(json).unwrap(), 5);
+        assert!(dropped_from_json("not json").is_err());
+    }
+}
