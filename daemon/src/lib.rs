@@ -17,3 +17,4 @@ pub mod orchestrator;
 pub mod service;
 pub mod sysroot;
 pub mod firewall;
+pub mod fetch;

@@ -1,0 +1,552 @@
+//! The patch channel: the [`Fetcher`](crate::backend::Fetcher) that learns what to install from the patch
+//! server's signed index and downloads it over mutual TLS.
+//!
+//! Downloads go to `<state>/downloads/<file>.part`, resume with an HTTP `Range` after a cut, are bounded by the
+//! policy's size limit, and are renamed into `<state>/bundles/` only when complete with the size and SHA-256 the
+//! signed index states. Every network wait has a timeout; retries are bounded, with backoff.
+//!
+//! ## The index
+//!
+//! `GET <server url>index.json` and its detached CMS signature `index.json.sig` (DER, made with
+//! `openssl cms -sign -binary -outform DER -in index.json -signer ... -inkey ... [-certfile chain]`, verified
+//! against the site's trust anchors like a bundle). `index.json`:
+//!
+//! ```json
+//! { "format": 1, "issued": "2026-11-20T00:00:00Z", "expires": "2026-12-20T00:00:00Z",
+//!   "bundles": [ { "compatible": "acme-gw-x86", "version": "1.0.2", "kind": "livepatch",
+//!                  "file": "acme-lp-1.0.2.otb", "size": 123456, "sha256": "<64 hex>" } ] }
+//! ```
+//!
+//! An index past `expires` is refused (a frozen mirror cannot keep a gateway on old software forever), and so is
+//! one `issued` before the newest index this gateway already accepted (a replayed index cannot roll it back).
+
+pub mod http;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use otpatch_common::policy::PatchServer;
+use rustls::pki_types::ServerName;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::backend::{BackendError, BackendResult, Clock, FetchOutcome, Fetcher, ProgressFn};
+use crate::engine::{BundleRef, WindowCtx};
+use crate::fsutil::{sync_dir, write_atomic};
+
+/// Checks the index's detached signature; returns the signer's name.
+pub trait IndexVerifier: Send + Sync {
+    fn verify(&self, content: &[u8], signature: &[u8], now: Timestamp) -> Result<String, String>;
+}
+
+/// Limits and timings of the channel.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelLimits {
+    /// Connect, handshake and each read.
+    pub io_timeout: Duration,
+    /// Attempts per download (the first included).
+    pub attempts: u32,
+    /// First backoff; doubles up to 30 s.
+    pub backoff: Duration,
+}
+
+impl Default for ChannelLimits {
+    fn default() -> Self {
+        ChannelLimits { io_timeout: Duration::from_secs(30), attempts: 6, backoff: Duration::from_secs(1) }
+    }
+}
+
+/// A connection factory to the patch server.
+#[derive(Clone)]
+pub struct Channel {
+    server: PatchServer,
+    connector: TlsConnector,
+    limits: ChannelLimits,
+    /// Connect here instead of resolving the server's host (tests put a fault-injecting proxy in between).
+    connect_to: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("url", &self.server.url).finish_non_exhaustive()
+    }
+}
+
+/// A failure that retrying will not fix.
+fn fatal(msg: String) -> (bool, BackendError) {
+    (false, BackendError(msg))
+}
+
+fn transient(msg: String) -> (bool, BackendError) {
+    (true, BackendError(msg))
+}
+
+impl Channel {
+    pub fn new(server: PatchServer, tls: Arc<rustls::ClientConfig>, limits: ChannelLimits) -> Self {
+        Channel { server, connector: TlsConnector::from(tls), limits, connect_to: None }
+    }
+
+    /// Connects to `addr` instead of the server's resolved address (the TLS name stays the server's).
+    pub fn connect_via(mut self, addr: SocketAddr) -> Self {
+        self.connect_to = Some(addr);
+        self
+    }
+
+    fn path_of(&self, file: &str) -> String {
+        let base = self.server.url.splitn(4, '/').nth(3).unwrap_or_default();
+        format!("/{base}{file}")
+    }
+
+    async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (bool, BackendError)> {
+        let host = &self.server.host;
+        let t = self.limits.io_timeout;
+        let tcp = match self.connect_to {
+            Some(a) => tokio::time::timeout(t, TcpStream::connect(a)).await,
+            None => tokio::time::timeout(t, TcpStream::connect((host.as_str(), self.server.port))).await,
+        }
+        .map_err(|_| transient(format!("connecting to {host}:{} timed out", self.server.port)))?
+        .map_err(|e| transient(format!("cannot connect to {host}:{}: {e}", self.server.port)))?;
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| fatal(format!("patch server name {host:?} is not usable for TLS: {e}")))?;
+        let tls = tokio::time::timeout(t, self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| transient(format!("TLS handshake with {host} timed out")))?
+            .map_err(|e| tls_error(host, e))?;
+        Ok(tls)
+    }
+
+    /// GETs a small file (the index) whole.
+    pub async fn get_small(&self, file: &str, max: u64) -> BackendResult<Vec<u8>> {
+        let mut last = BackendError::new("no attempt made");
+        for attempt in 0..self.limits.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+            match self.get_small_once(file, max).await {
+                Ok(b) => return Ok(b),
+                Err((false, e)) => return Err(e),
+                Err((true, e)) => {
+                    tracing::warn!(file, attempt, error = %e, "patch server request failed; retrying");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn get_small_once(&self, file: &str, max: u64) -> Result<Vec<u8>, (bool, BackendError)> {
+        let path = self.path_of(file);
+        let tls = self.connect().await?;
+        let (head, mut r) =
+            http::get(tls, &self.server.host, &path, None, self.limits.io_timeout).await.map_err(read_error)?;
+        check_status(head.status, &path)?;
+        http::read_small(&mut r, &head, max, self.limits.io_timeout).await.map_err(|e| transient(e.0))
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        (self.limits.backoff * 2u32.saturating_pow(attempt.saturating_sub(1))).min(Duration::from_secs(30))
+    }
+
+    /// Downloads `file` to `dest`, resuming a partial download, and checks its size and SHA-256.
+    pub async fn download(
+        &self,
+        file: &str,
+        dest: &Path,
+        size: u64,
+        sha256: &str,
+        max: u64,
+        progress: &ProgressFn,
+    ) -> BackendResult<()> {
+        if size > max {
+            return Err(BackendError::new(format!(
+                "{file} is {size} bytes, more than the policy's limits.max_download of {max}"
+            )));
+        }
+        let part = dest.with_extension("part");
+        if let Some(dir) = part.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
+        }
+        let mut last = BackendError::new("no attempt made");
+        let mut done = false;
+        for attempt in 0..self.limits.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
+            match self.download_once(file, &part, size, progress).await {
+                Ok(()) => {
+                    done = true;
+                    break;
+                }
+                Err((false, e)) => return Err(e),
+                Err((true, e)) => {
+                    tracing::warn!(file, attempt, error = %e, "download interrupted; resuming");
+                    last = e;
+                }
+            }
+        }
+        if !done {
+            return Err(BackendError::new(format!("{file}: gave up after {} attempts: {last}", self.limits.attempts)));
+        }
+        let got = sha256_file(&part).await?;
+        if !got.eq_ignore_ascii_case(sha256) {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(BackendError::new(format!(
+                "{file}: SHA-256 {got} does not match the signed index ({sha256}); the download was discarded"
+            )));
+        }
+        tokio::fs::rename(&part, dest).await.map_err(|e| BackendError::new(format!("{}: {e}", dest.display())))?;
+        if let Some(dir) = dest.parent() {
+            sync_dir(dir).map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    async fn download_once(
+        &self,
+        file: &str,
+        part: &Path,
+        size: u64,
+        progress: &ProgressFn,
+    ) -> Result<(), (bool, BackendError)> {
+        let io = |e: std::io::Error| fatal(format!("{}: {e}", part.display()));
+        let mut have = tokio::fs::metadata(part).await.map(|m| m.len()).unwrap_or(0);
+        if have > size {
+            have = 0;
+            tokio::fs::remove_file(part).await.map_err(io)?;
+        }
+        if have == size {
+            return Ok(());
+        }
+        let path = self.path_of(file);
+        let tls = self.connect().await?;
+        let (head, mut body) =
+            http::get(tls, &self.server.host, &path, (have > 0).then_some(have), self.limits.io_timeout)
+                .await
+                .map_err(read_error)?;
+        let mut out = tokio::fs::OpenOptions::new().create(true).append(true).open(part).await.map_err(io)?;
+        let remaining = match head.status {
+            206 => match head.content_range {
+                Some((first, _, _)) if first == have => size - have,
+                _ => {
+                    // The server resumed elsewhere: start over.
+                    out.set_len(0).await.map_err(io)?;
+                    return Err(transient(format!("{path}: unexpected Content-Range {:?}", head.content_range)));
+                }
+            },
+            200 => {
+                // No range support (or a fresh start): the whole file comes.
+                out.set_len(0).await.map_err(io)?;
+                have = 0;
+                size
+            }
+            416 => {
+                out.set_len(0).await.map_err(io)?;
+                return Err(transient(format!("{path}: range not satisfiable; starting over")));
+            }
+            s => return Err(check_status(s, &path).err().unwrap_or_else(|| transient(format!("{path}: HTTP {s}")))),
+        };
+        if let Some(len) = head.content_length {
+            if len != remaining {
+                out.set_len(0).await.map_err(io)?;
+                return Err(fatal(format!(
+                    "{path}: the server sends {len} bytes where the signed index says {remaining} remain"
+                )));
+            }
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = remaining;
+        let mut last_pct = -1;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = tokio::time::timeout(self.limits.io_timeout, body.read(&mut buf[..want]))
+                .await
+                .map_err(|_| transient(format!("{path}: no data for {:?}", self.limits.io_timeout)))?
+                .map_err(|e| transient(format!("{path}: connection lost: {e}")))?;
+            if n == 0 {
+                out.flush().await.map_err(io)?;
+                return Err(transient(format!("{path}: connection closed with {left} bytes to go")));
+            }
+            out.write_all(&buf[..n]).await.map_err(io)?;
+            left -= n as u64;
+            let pct = (((size - left) * 100) / size.max(1)) as i32;
+            if pct != last_pct {
+                last_pct = pct;
+                progress(pct, format!("downloading {file}"));
+            }
+        }
+        out.flush().await.map_err(io)?;
+        out.sync_all().await.map_err(io)?;
+        let _ = have;
+        Ok(())
+    }
+}
+
+fn check_status(status: u16, path: &str) -> Result<(), (bool, BackendError)> {
+    match status {
+        200 | 206 => Ok(()),
+        400 | 495 | 496 => Err(fatal(format!(
+            "the patch server refused the request for {path} (HTTP {status}): it did not accept this gateway's \
+             client certificate (policy server.client_cert)"
+        ))),
+        401 | 403 => Err(fatal(format!("the patch server denied access to {path} (HTTP {status})"))),
+        404 => Err(fatal(format!("{path} is not on the patch server (HTTP 404)"))),
+        s if s >= 500 => Err(transient(format!("the patch server failed on {path} (HTTP {s})"))),
+        s => Err(fatal(format!("unexpected HTTP {s} for {path}"))),
+    }
+}
+
+fn read_error(e: BackendError) -> (bool, BackendError) {
+    // A TLS alert from the server after the handshake (TLS 1.3 checks the client certificate then).
+    if e.0.contains("alert") || e.0.contains("CertificateRequired") || e.0.contains("BadCertificate") {
+        return fatal(format!("the patch server rejected this gateway's client certificate: {}", e.0));
+    }
+    transient(e.0)
+}
+
+fn tls_error(host: &str, e: std::io::Error) -> (bool, BackendError) {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") || text.contains("NotValidForName") {
+        return fatal(format!(
+            "the patch server {host} presented a certificate the policy's server CA does not vouch for: {text}"
+        ));
+    }
+    if text.contains("alert") {
+        return fatal(format!("the patch server {host} rejected the TLS handshake (client certificate?): {text}"));
+    }
+    transient(format!("TLS with {host}: {text}"))
+}
+
+/// SHA-256 of a file, read in 64 KiB pieces.
+pub async fn sha256_file(path: &Path) -> BackendResult<String> {
+    let mut f = tokio::fs::File::open(path).await.map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The signed index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    pub format: u32,
+    pub issued: Timestamp,
+    pub expires: Timestamp,
+    pub bundles: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexEntry {
+    pub compatible: String,
+    pub version: String,
+    pub kind: String,
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What the gateway remembers about indexes it accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct IndexState {
+    newest_issued: Option<Timestamp>,
+}
+
+impl Index {
+    /// Parses and checks an index that was verified: format, freshness, replay, and that file names are plain.
+    pub fn check(bytes: &[u8], now: Timestamp, newest_seen: Option<Timestamp>) -> BackendResult<Index> {
+        let idx: Index = serde_json::from_slice(bytes)
+            .map_err(|e| BackendError::new(format!("index.json is not a valid index: {e}")))?;
+        if idx.format != 1 {
+            return Err(BackendError::new(format!("index.json format {} is not supported (1 is)", idx.format)));
+        }
+        if now >= idx.expires {
+            return Err(BackendError::new(format!(
+                "index.json expired at {} (now {now}): the patch server's index is stale or replayed",
+                idx.expires
+            )));
+        }
+        if let Some(seen) = newest_seen {
+            if idx.issued < seen {
+                return Err(BackendError::new(format!(
+                    "index.json was issued at {}, before the index already accepted ({seen}): replayed index refused",
+                    idx.issued
+                )));
+            }
+        }
+        for b in &idx.bundles {
+            let plain = !b.file.is_empty()
+                && b.file.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && !b.file.starts_with('.');
+            if !plain {
+                return Err(BackendError::new(format!("index.json names an unsafe file {:?}", b.file)));
+            }
+            if b.sha256.len() != 64 || !b.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(BackendError::new(format!("index.json: {} has a malformed sha256", b.file)));
+            }
+        }
+        Ok(idx)
+    }
+
+    /// The newest bundle for `compatible` that is newer than `installed`.
+    pub fn pick(&self, compatible: &str, installed: Option<&str>) -> Option<&IndexEntry> {
+        self.bundles
+            .iter()
+            .filter(|b| b.compatible == compatible)
+            .filter(|b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
+            .max_by(|a, b| compare_versions(&a.version, &b.version))
+    }
+}
+
+/// Dotted numeric versions (`1.10.2` > `1.9`); a non-numeric part compares as text.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut x = a.split(['.', '-', '+']);
+    let mut y = b.split(['.', '-', '+']);
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(p), Some(q)) => {
+                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
+                    (Ok(m), Ok(n)) => m.cmp(&n),
+                    _ => p.cmp(q),
+                };
+                if o.is_ne() {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+/// The Fetcher over the patch channel.
+pub struct HttpsFetcher {
+    pub channel: Channel,
+    pub compatible: String,
+    pub max_download: u64,
+    /// `<state>`: `downloads/`, `bundles/`, `index-state.json` go here.
+    pub state_dir: PathBuf,
+    pub verifier: Arc<dyn IndexVerifier>,
+    /// The version committed on this gateway, if any (anti-rollback: only newer ones are fetched).
+    pub installed: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for HttpsFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsFetcher").field("channel", &self.channel).finish_non_exhaustive()
+    }
+}
+
+impl HttpsFetcher {
+    fn state_path(&self) -> PathBuf {
+        self.state_dir.join("index-state.json")
+    }
+
+    fn load_state(&self) -> IndexState {
+        std::fs::read(self.state_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Fetcher for HttpsFetcher {
+    async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome> {
+        progress(-1, "reading the patch server's index".into());
+        let content = self.channel.get_small("index.json", 1 << 20).await?;
+        let sig = self.channel.get_small("index.json.sig", 256 << 10).await?;
+        let now = self.clock.now();
+        let signer = self
+            .verifier
+            .verify(&content, &sig, now)
+            .map_err(|e| BackendError::new(format!("index.json signature refused: {e}")))?;
+        let mut state = self.load_state();
+        let idx = Index::check(&content, now, state.newest_issued)?;
+        state.newest_issued = Some(state.newest_issued.map_or(idx.issued, |s| s.max(idx.issued)));
+        let text = serde_json::to_vec(&state).map_err(|e| BackendError::new(e.to_string()))?;
+        write_atomic(&self.state_path(), &text).map_err(|e| BackendError::new(format!("saving index state: {e}")))?;
+        tracing::info!(window = %window.id, signer = %signer, bundles = idx.bundles.len(), "index accepted");
+        let installed = (self.installed)();
+        let Some(entry) = idx.pick(&self.compatible, installed.as_deref()) else {
+            return Ok(FetchOutcome::NothingNewer);
+        };
+        let dest = self.state_dir.join("bundles").join(&entry.file);
+        let part_dir = self.state_dir.join("downloads");
+        let staging = part_dir.join(&entry.file);
+        self.channel.download(&entry.file, &staging, entry.size, &entry.sha256, self.max_download, &progress).await?;
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
+        }
+        tokio::fs::rename(&staging, &dest).await.map_err(|e| BackendError::new(format!("{}: {e}", dest.display())))?;
+        Ok(FetchOutcome::Bundle(BundleRef { path: dest, size: entry.size }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn index(issued: &str, expires: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "format": 1, "issued": issued, "expires": expires,
+            "bundles": [
+                {"compatible": "gw", "version": "1.9", "kind": "livepatch", "file": "a-1.9.otb", "size": 1, "sha256": "00".repeat(32)},
+                {"compatible": "gw", "version": "1.10", "kind": "livepatch", "file": "a-1.10.otb", "size": 1, "sha256": "00".repeat(32)},
+                {"compatible": "other", "version": "9.0", "kind": "livepatch", "file": "b.otb", "size": 1, "sha256": "00".repeat(32)}
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(compare_versions("1.10", "1.9"), Greater);
+        assert_eq!(compare_versions("1.0", "1.0.1"), Less);
+        assert_eq!(compare_versions("2.0.0", "2.0.0"), Equal);
+    }
+
+    #[test]
+    fn index_freshness_and_replay() {
+        let now = t("2026-12-01T00:00:00Z");
+        let idx = Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, None).unwrap();
+        assert_eq!(idx.pick("gw", None).unwrap().version, "1.10");
+        assert_eq!(idx.pick("gw", Some("1.9")).unwrap().version, "1.10");
+        assert!(idx.pick("gw", Some("1.10")).is_none());
+        let e = Index::check(&index("2026-11-01T00:00:00Z", "2026-11-15T00:00:00Z"), now, None).unwrap_err();
+        assert!(e.0.contains("expired"), "{e}");
+        let e =
+            Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, Some(t("2026-11-30T12:00:00Z")))
+                .unwrap_err();
+        assert!(e.0.contains("replayed"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_file_names_are_refused() {
+        let bad = serde_json::to_vec(&serde_json::json!({
+            "format": 1, "issued": "2026-11-30T00:00:00Z", "expires": "2026-12-30T00:00:00Z",
+            "bundles": [{"compatible": "gw", "version": "1", "kind": "livepatch", "file": "../../etc/passwd", "size": 1, "sha256": "00".repeat(32)}]
+        }))
+        .unwrap();
+        let e = Index::check(&bad, t("2026-12-01T00:00:00Z"), None).unwrap_err();
+        assert!(e.0.contains("unsafe file"), "{e}");
+    }
+}
