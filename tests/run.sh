@@ -14,3 +14,5 @@ cargo clippy --workspace --all-targets --features "$features" -- -D warnings
 # The process tests run these binaries; build them with the test features first.
 cargo build --workspace --bins --features "$features"
 cargo test --workspace --no-fail-fast --features "$features" "$@"
+# The Yocto layer: oelint-adv and its consistency with the workspace (bitbake itself cannot run here).
+bash yocto/check.sh
