@@ -29,6 +29,9 @@ fn a_window_runs_end_to_end_and_the_audit_chain_verifies() {
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["last_outcome"], "committed 1.0.1");
     assert_eq!(st["segmentation_active"], false);
+    // What the segmentation dropped is kept for the operator and the audit log (the fake firewall says 42).
+    assert_eq!(st["segmentation_dropped"], 42);
+    assert!(gw.audit_text().contains(r#""kind":"segmentation-lifted""#));
     let o = ctl(&bus, &["--json", "window", "list"], None);
     let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list[0]["id"], id.as_str());

@@ -76,6 +76,15 @@ pub struct StatusSnapshot {
     pub policy_sources: Vec<String>,
     /// Whether the daemon has window segmentation applied right now.
     pub segmentation_active: bool,
+    /// `nftables` or `iptables` while segmentation is applied.
+    #[serde(default)]
+    pub segmentation_backend: String,
+    /// Packets the segmentation dropped: live while applied, then the total of the last window.
+    #[serde(default)]
+    pub segmentation_dropped: u64,
+    /// The ruleset in place, as the firewall tool lists it (empty when none).
+    #[serde(default)]
+    pub segmentation_ruleset: String,
 }
 
 /// The proxy `otpatchctl` and tests use.
@@ -123,4 +132,29 @@ pub trait Daemon1 {
     /// A window closed with its outcome.
     #[zbus(signal)]
     fn window_completed(&self, window: &str, outcome: &str) -> zbus::Result<()>;
+}
+
+/// One health probe as the live table shows it (`GetHealth`, `otpatchctl health`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
+pub struct ProbeReport {
+    /// The probe's policy name (`[probe.<name>]`).
+    pub name: String,
+    /// Where and what it reads, e.g. `tcp 10.0.5.10:502 unit 1 holding 100 (f32)`.
+    pub target: String,
+    pub critical: bool,
+    /// The last value read, after scaling, as text; empty before the first good read.
+    pub last_value: String,
+    /// Why the last read or check failed; empty when it passed.
+    pub last_error: String,
+    pub consecutive_failures: u32,
+    /// Consecutive failures that trip the probe (`trip_after`).
+    pub trip_after: u32,
+    /// Reads since the baseline (successful or not).
+    pub reads: u64,
+    /// Reads that failed or failed a check, since the baseline.
+    pub failures: u64,
+    /// Whether the probe tripped during the current (or last) observation.
+    pub tripped: bool,
+    /// Response time of the last answered read, in microseconds; 0 before the first.
+    pub last_response_us: u64,
 }

@@ -104,7 +104,16 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
     rows.push(("Progress", progress_line(s.progress_percent, &s.progress_message).unwrap_or_else(|| "-".into())));
     rows.push(("Last error", or_none(&s.last_error).to_string()));
     rows.push(("Last outcome", or_none(&s.last_outcome).to_string()));
-    rows.push(("Segmentation", if s.segmentation_active { "active" } else { "off" }.to_string()));
+    let seg = if s.segmentation_active {
+        let backend =
+            if s.segmentation_backend.is_empty() { String::new() } else { format!(" ({})", s.segmentation_backend) };
+        format!("active{backend}, {} packets dropped", s.segmentation_dropped)
+    } else if s.segmentation_dropped > 0 {
+        format!("off (last window dropped {} packets)", s.segmentation_dropped)
+    } else {
+        "off".to_string()
+    };
+    rows.push(("Segmentation", seg));
     let policy = if s.policy_sources.is_empty() { "none".to_string() } else { s.policy_sources.join("\n") };
     rows.push(("Policy files", policy));
 
@@ -231,6 +240,9 @@ mod tests {
             last_outcome: "committed".into(),
             policy_sources: vec!["/etc/otpatch/policy.toml".into(), "/etc/otpatch/policy.d/10-line3.toml".into()],
             segmentation_active: true,
+            segmentation_backend: "nftables".into(),
+            segmentation_dropped: 17,
+            segmentation_ruleset: String::new(),
         }
     }
 
@@ -245,7 +257,7 @@ Next window:    weekly-sun@2026-12-06 (starts 2026-12-06 02:00 +01:00, in 4d23h)
 Progress:       [##########----------]  50% observing health
 Last error:     none
 Last outcome:   committed
-Segmentation:   active
+Segmentation:   active (nftables), 17 packets dropped
 Policy files:   /etc/otpatch/policy.toml
                 /etc/otpatch/policy.d/10-line3.toml
 ";

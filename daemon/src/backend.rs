@@ -64,6 +64,21 @@ pub trait Firewall: Send + Sync {
     async fn lift(&self) -> BackendResult<LiftReport>;
     /// Whether segmentation is in place now.
     async fn active(&self) -> BackendResult<bool>;
+    /// What is in place now, for status displays; `None` when nothing is applied.
+    async fn inspect(&self) -> BackendResult<Option<FirewallView>> {
+        Ok(None)
+    }
+}
+
+/// Segmentation as it is in place.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FirewallView {
+    /// `nftables` or `iptables`.
+    pub backend: String,
+    /// The ruleset as the tool lists it.
+    pub ruleset: String,
+    /// Packets dropped so far.
+    pub dropped_packets: u64,
 }
 
 /// What a fetch found.
@@ -124,6 +139,11 @@ pub trait HealthMonitor: Send + Sync {
     async fn baseline(&self) -> BackendResult<()>;
     /// Watches the probes for `period`; returns early with `Failed` when a critical probe trips.
     async fn observe(&self, period: Duration) -> Verdict;
+    /// The live per-probe table (last value, last error, consecutive failures...), for `otpatchctl health`.
+    /// Backends without probes have none.
+    fn probes(&self) -> Vec<otpatch_common::api::ProbeReport> {
+        Vec::new()
+    }
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::audit::AuditLog;
-use crate::backend::{Backends, BoxFuture, FetchOutcome, ProgressFn, SegmentationPlan, Verdict};
+use crate::backend::{Backends, BoxFuture, FetchOutcome, LiftReport, ProgressFn, SegmentationPlan, Verdict};
 use crate::engine::{Action, Engine, EngineConfig, Event, Outcome, PatchKind, State, WindowCtx};
 use crate::failpoints::Failpoints;
 use crate::fsutil::write_atomic;
@@ -86,6 +86,10 @@ pub enum Command {
         max: u32,
         reply: Reply<Vec<String>>,
     },
+    /// The status snapshot, with the segmentation in place read live from the firewall.
+    Status {
+        reply: Reply<StatusSnapshot>,
+    },
 }
 
 /// What the D-Bus service turns into signals.
@@ -127,6 +131,8 @@ pub struct Orchestrator {
     segmented: bool,
     default_tz: String,
     access_group: Arc<std::sync::RwLock<String>>,
+    /// What the last lift found, for the audit log.
+    last_lift: Arc<std::sync::Mutex<Option<LiftReport>>>,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -219,6 +225,7 @@ impl Orchestrator {
             segmented: false,
             default_tz,
             access_group: Arc::new(std::sync::RwLock::new(String::new())),
+            last_lift: Arc::new(std::sync::Mutex::new(None)),
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
         me.set_access_group();
@@ -416,6 +423,19 @@ impl Orchestrator {
             Event::Lifted => {
                 self.segmented = false;
                 self.lift_failures = 0;
+                let report = self.last_lift.lock().ok().and_then(|mut r| r.take());
+                if let Some(r) = report {
+                    if r.was_active {
+                        info!(window = %window, dropped = r.dropped_packets, "segmentation lifted");
+                        self.audit_log(
+                            "segmentation-lifted",
+                            Some(&window),
+                            None,
+                            serde_json::json!({"dropped_packets": r.dropped_packets}),
+                        );
+                        self.status.send_modify(|s| s.segmentation_dropped = r.dropped_packets);
+                    }
+                }
             }
             Event::LiftFailed { .. } => self.lift_failures = self.lift_failures.saturating_add(1),
             _ => {}
@@ -659,10 +679,16 @@ impl Orchestrator {
                     0 => Duration::ZERO,
                     n => Duration::from_secs(1u64 << (n - 1).min(5)).min(Duration::from_secs(30)),
                 };
+                let slot = self.last_lift.clone();
                 Box::pin(async move {
                     tokio::time::sleep(delay).await;
                     match b.firewall.lift().await {
-                        Ok(_) => Event::Lifted,
+                        Ok(r) => {
+                            if let Ok(mut s) = slot.lock() {
+                                *s = Some(r);
+                            }
+                            Event::Lifted
+                        }
                         Err(e) => Event::LiftFailed { error: e.to_string() },
                     }
                 })
@@ -712,6 +738,21 @@ impl Orchestrator {
             Command::Reload { uid, reply } => {
                 let r = self.reload(uid);
                 let _ = reply.send(r);
+            }
+            Command::Status { reply } => {
+                let mut snap = self.status.borrow().clone();
+                if self.segmented {
+                    match self.backends.firewall.inspect().await {
+                        Ok(Some(v)) => {
+                            snap.segmentation_backend = v.backend;
+                            snap.segmentation_dropped = v.dropped_packets;
+                            snap.segmentation_ruleset = v.ruleset;
+                        }
+                        Ok(None) => {}
+                        Err(e) => snap.segmentation_ruleset = format!("(cannot read the ruleset: {e})"),
+                    }
+                }
+                let _ = reply.send(Ok(snap));
             }
             Command::AuditLog { from_seq, max, reply } => {
                 let r = self

@@ -208,7 +208,7 @@ impl DaemonIface {
 
     /// The status snapshot as JSON.
     async fn get_status(&self) -> Result<String, ApiError> {
-        let snap = self.handle.status.borrow().clone();
+        let snap = self.ask(|reply| Command::Status { reply }).await?;
         serde_json::to_string(&snap).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
     }
 

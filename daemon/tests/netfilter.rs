@@ -207,11 +207,15 @@ fn scenario(t: &Topology, fw: &dyn Firewall, site_rule: &[&str], site_check: &dy
     assert!(!t.reaches("oth", "198.18.3.1:22"), "the unrelated host cannot reach the gateway");
     assert!(!t.reaches("srv", "198.18.1.1:22"), "the patch server cannot open connections to the gateway");
     std::thread::sleep(Duration::from_millis(300));
+    let view = rt.block_on(fw.inspect()).unwrap().expect("segmentation is in place");
+    assert!(view.ruleset.contains("198.18.2.2"), "the ruleset names the PLC: {}", view.ruleset);
+    assert!(view.dropped_packets > 0, "{view:?}");
 
     let report = rt.block_on(fw.lift()).unwrap();
     assert!(report.was_active);
     assert!(report.dropped_packets > 0, "drops were counted: {report:?}");
     assert!(!rt.block_on(fw.active()).unwrap());
+    assert_eq!(rt.block_on(fw.inspect()).unwrap(), None);
     // Lifting again is a no-op.
     let again = rt.block_on(fw.lift()).unwrap();
     assert!(!again.was_active);

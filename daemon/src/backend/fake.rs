@@ -194,6 +194,14 @@ impl Firewall for FakeWorld {
     async fn active(&self) -> BackendResult<bool> {
         Ok(self.snapshot().segmentation_active)
     }
+
+    async fn inspect(&self) -> BackendResult<Option<super::FirewallView>> {
+        Ok(self.snapshot().segmentation_active.then(|| super::FirewallView {
+            backend: "fake".into(),
+            ruleset: "fake ruleset: patch server, probe targets, drop the rest".into(),
+            dropped_packets: 42,
+        }))
+    }
 }
 
 #[async_trait]

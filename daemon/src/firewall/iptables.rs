@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use otpatch_common::policy::Direction;
 
 use super::{proto_name, run, Rule, Ruleset};
-use crate::backend::{BackendResult, Firewall, LiftReport, SegmentationPlan};
+use crate::backend::{BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
 
 const CHAINS: [(&str, &str); 3] =
     [("INPUT", "OTPATCH-INPUT"), ("OUTPUT", "OTPATCH-OUTPUT"), ("FORWARD", "OTPATCH-FORWARD")];
@@ -200,6 +200,24 @@ impl Firewall for IptablesFirewall {
     async fn active(&self) -> BackendResult<bool> {
         let (hooked, exists) = self.state(&self.v4).await?;
         Ok(exists || !hooked.is_empty())
+    }
+
+    async fn inspect(&self) -> BackendResult<Option<FirewallView>> {
+        if !self.active().await? {
+            return Ok(None);
+        }
+        let mut ruleset = String::new();
+        let mut dropped = 0;
+        for tool in [&self.v4, &self.v6] {
+            let text = run(&self.cmd(tool), &["-S"], None).await?;
+            ruleset.push_str(&format!("# {tool}\n"));
+            for l in text.lines().filter(|l| l.contains("OTPATCH-")) {
+                ruleset.push_str(l);
+                ruleset.push('\n');
+            }
+            dropped += self.dropped(tool).await?;
+        }
+        Ok(Some(FirewallView { backend: "iptables".into(), ruleset, dropped_packets: dropped }))
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 
 use super::{proto_name, run, Rule, Ruleset, TABLE};
-use crate::backend::{BackendError, BackendResult, Firewall, LiftReport, SegmentationPlan};
+use crate::backend::{BackendError, BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
 use otpatch_common::policy::Direction;
 
 /// Drives `nft` (or an argv prefix such as `ip netns exec gw nft`).
@@ -164,6 +164,11 @@ impl Firewall for NftFirewall {
     async fn active(&self) -> BackendResult<bool> {
         let tables = run(&self.argv, &["list", "tables"], None).await?;
         Ok(tables.lines().any(|l| l.trim() == format!("table inet {TABLE}")))
+    }
+
+    async fn inspect(&self) -> BackendResult<Option<FirewallView>> {
+        let (Some(ruleset), Some(dropped)) = (self.listing().await?, self.dropped().await?) else { return Ok(None) };
+        Ok(Some(FirewallView { backend: "nftables".into(), ruleset, dropped_packets: dropped }))
     }
 }
 
