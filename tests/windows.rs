@@ -49,6 +49,13 @@ fn a_health_failure_rolls_back_and_watch_says_so() {
     let o = ctl(&bus, &["watch", "--exit-on-complete", "--max-wait", "60s"], None);
     assert_eq!(o.status.code(), Some(9), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("failed"), "{}", text(&o));
+    // The probe table says which probe tripped, to everyone (a read).
+    let o = ctl(&bus, &["health"], Some(NOBODY_UID));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("fake-critical") && out.contains("TRIPPED"), "{}", text(&o));
+    // And the audit log kept the table with the verdict.
+    assert!(gw.audit_text().contains(r#""kind":"verdict""#) && gw.audit_text().contains("fake-critical"));
     let w = gw.world();
     assert_eq!(w["applied"], serde_json::json!([]));
     assert_eq!(w["restored"].as_array().map(|a| a.len()), Some(1));

@@ -109,6 +109,8 @@ pub trait Daemon1 {
     fn reload(&self) -> zbus::Result<()>;
     /// A status snapshot as JSON (see [`StatusSnapshot`]).
     fn get_status(&self) -> zbus::Result<String>;
+    /// The live health-probe table as JSON (a list of [`ProbeReport`]).
+    fn get_health(&self) -> zbus::Result<String>;
     /// Audit records as JSON lines, starting at sequence number `from_seq`, at most `max` of them.
     fn get_audit_log(&self, from_seq: u64, max: u32) -> zbus::Result<Vec<String>>;
 

@@ -52,6 +52,8 @@ pub struct Cli {
 pub enum Command {
     /// Show the daemon's state: windows, progress, last error and outcome, segmentation, policy files.
     Status,
+    /// Show the live health-probe table: each Modbus probe's last value, failures and whether it tripped.
+    Health,
     /// Schedule, list and cancel update windows.
     #[command(subcommand)]
     Window(WindowCommand),

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::cli::{Cli, Command, PolicyCommand, WindowCommand};
 use crate::client::Client;
-use crate::error::{exit, CtlError};
+use crate::error::{exit, names, CtlError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -116,6 +116,25 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
             } else {
                 let snapshot = client::parse_status(&text)?;
                 out::write(&render::status(&snapshot, Timestamp::now(), &TimeZone::system()));
+            }
+        }
+        Command::Health => {
+            let text = proxy.get_health().await.map_err(|e| client.err(e))?;
+            if json {
+                out::line(text.trim());
+            } else {
+                let table: Vec<otpatch_common::api::ProbeReport> = serde_json::from_str(&text).map_err(|e| {
+                    CtlError::new(
+                        exit::FAILURE,
+                        names::BAD_REPLY,
+                        format!("otpatchd sent a probe table otpatchctl cannot read: {e}"),
+                    )
+                })?;
+                if table.is_empty() {
+                    out::line("no health probes in the policy");
+                } else {
+                    out::write(&render::probe_table(&table));
+                }
             }
         }
         Command::Window(WindowCommand::Schedule(a)) => {

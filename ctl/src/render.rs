@@ -3,7 +3,7 @@
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use otpatch_common::api::{StatusSnapshot, WindowInfo};
+use otpatch_common::api::{ProbeReport, StatusSnapshot, WindowInfo};
 use otpatch_common::audit::AuditRecord;
 
 /// `2026-12-01 02:00 +01:00`: a Unix time local to `tz`.
@@ -133,10 +133,10 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
 /// The `window list` table. Start and end are local to each window's zone (`fallback` when it names none).
 pub fn window_table(windows: &[WindowInfo], fallback: &TimeZone) -> String {
     let header = ["ID", "SOURCE", "START", "END", "LENGTH", "AUTO", "STATUS"];
-    let mut rows: Vec<[String; 7]> = vec![header.map(String::from)];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for w in windows {
         let tz = zone(&w.timezone, fallback);
-        rows.push([
+        rows.push(vec![
             w.id.clone(),
             w.source.clone(),
             local_time(w.start, &tz),
@@ -146,14 +146,61 @@ pub fn window_table(windows: &[WindowInfo], fallback: &TimeZone) -> String {
             w.status.clone(),
         ]);
     }
-    let mut widths = [0usize; 7];
-    for row in &rows {
+    table(&rows)
+}
+
+/// The `health` table: one row per probe.
+pub fn probe_table(probes: &[ProbeReport]) -> String {
+    let header = ["PROBE", "TARGET", "KIND", "VALUE", "READS", "FAILS", "STATE", "RESPONSE", "LAST ERROR"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for p in probes {
+        let state = if p.tripped {
+            "TRIPPED".to_string()
+        } else if p.consecutive_failures > 0 {
+            format!("failing {}/{}", p.consecutive_failures, p.trip_after)
+        } else if p.reads == 0 {
+            "-".to_string()
+        } else {
+            "ok".to_string()
+        };
+        rows.push(vec![
+            p.name.clone(),
+            p.target.clone(),
+            if p.critical { "critical" } else { "advisory" }.to_string(),
+            or_dash(&p.last_value).to_string(),
+            p.reads.to_string(),
+            p.failures.to_string(),
+            state,
+            if p.last_response_us == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1} ms", p.last_response_us as f64 / 1000.0)
+            },
+            or_dash(&p.last_error).to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+pub(crate) fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0usize; cols];
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
@@ -244,6 +291,36 @@ mod tests {
             segmentation_dropped: 17,
             segmentation_ruleset: String::new(),
         }
+    }
+
+    #[test]
+    fn probe_table_shows_state_per_probe() {
+        let p = |name: &str, reads: u64, consecutive: u32, tripped: bool| ProbeReport {
+            name: name.into(),
+            target: "tcp 127.0.0.1:5020 unit 1 holding 0 (u16)".into(),
+            critical: name != "flow",
+            last_value: if reads > 0 { "42".into() } else { String::new() },
+            last_error: if consecutive > 0 { "95 above max 90".into() } else { String::new() },
+            consecutive_failures: consecutive,
+            trip_after: 3,
+            reads,
+            failures: u64::from(consecutive),
+            tripped,
+            last_response_us: if reads > 0 { 1500 } else { 0 },
+        };
+        let text = probe_table(&[
+            p("temp", 10, 0, false),
+            p("flow", 10, 1, false),
+            p("level", 12, 3, true),
+            p("new", 0, 0, false),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with("PROBE  TARGET"), "{text}");
+        assert!(lines[1].contains("critical") && lines[1].contains(" ok ") && lines[1].contains("1.5 ms"), "{text}");
+        assert!(lines[2].contains("advisory") && lines[2].contains("failing 1/3"), "{text}");
+        assert!(lines[3].contains("TRIPPED") && lines[3].ends_with("95 above max 90"), "{text}");
+        assert!(lines[4].ends_with("-"), "{text}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ use jiff::Timestamp;
 use otpatch_common::api::{StatusSnapshot, BUS_NAME, INTERFACE, OBJECT_PATH};
 use otpatch_common::units::format_duration;
 use serde_json::json;
+
+use crate::render::or_dash;
 use zbus::OwnedVariant;
 
 use crate::cli::WatchArgs;
@@ -35,14 +37,6 @@ pub fn outcome_code(outcome: &str) -> u8 {
         exit::WINDOW_FAILED
     } else {
         exit::FAILURE
-    }
-}
-
-fn or_dash(s: &str) -> &str {
-    if s.is_empty() {
-        "-"
-    } else {
-        s
     }
 }
 

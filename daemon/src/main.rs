@@ -13,6 +13,7 @@ use otpatchd::backend::unavailable::Unavailable;
 use otpatchd::backend::{Backends, Clock, Firewall, SystemClock};
 use otpatchd::failpoints::Failpoints;
 use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
+use otpatchd::health::ModbusHealth;
 use otpatchd::orchestrator::{Command, Orchestrator, PolicyLoader};
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
@@ -117,7 +118,7 @@ async fn backends(
             checkpointer: Arc::new(Unavailable("checkpoint (CRIU)")),
             livepatcher: Arc::new(Unavailable("kernel livepatch")),
             ab_updater: Arc::new(Unavailable("A/B update (RAUC)")),
-            health: Arc::new(Unavailable("health probes (Modbus)")),
+            health: Arc::new(ModbusHealth::new(settings.probes.clone())),
             clock,
         },
         #[cfg(feature = "fake-backends")]

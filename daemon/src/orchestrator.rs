@@ -86,6 +86,10 @@ pub enum Command {
         max: u32,
         reply: Reply<Vec<String>>,
     },
+    /// The live health-probe table.
+    Health {
+        reply: Reply<Vec<otpatch_common::api::ProbeReport>>,
+    },
     /// The status snapshot, with the segmentation in place read live from the firewall.
     Status {
         reply: Reply<StatusSnapshot>,
@@ -448,7 +452,13 @@ impl Orchestrator {
         };
         if let Some((verdict, reason)) = verdict {
             info!(window = %window, verdict, reason = %reason, "health verdict");
-            self.audit_log("verdict", Some(&window), None, serde_json::json!({"verdict": verdict, "reason": reason}));
+            let probes = self.backends.health.probes();
+            self.audit_log(
+                "verdict",
+                Some(&window),
+                None,
+                serde_json::json!({"verdict": verdict, "reason": reason, "probes": probes}),
+            );
             let _ = self.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
         }
     }
@@ -738,6 +748,9 @@ impl Orchestrator {
             Command::Reload { uid, reply } => {
                 let r = self.reload(uid);
                 let _ = reply.send(r);
+            }
+            Command::Health { reply } => {
+                let _ = reply.send(Ok(self.backends.health.probes()));
             }
             Command::Status { reply } => {
                 let mut snap = self.status.borrow().clone();

@@ -212,6 +212,12 @@ impl DaemonIface {
         serde_json::to_string(&snap).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
     }
 
+    /// The live health-probe table as JSON (name, target, last value and error, failures, tripped...).
+    async fn get_health(&self) -> Result<String, ApiError> {
+        let table = self.ask(|reply| Command::Health { reply }).await?;
+        serde_json::to_string(&table).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
+    }
+
     /// Audit records (JSON lines) from `from_seq`, at most `max`.
     async fn get_audit_log(&self, from_seq: u64, max: u32) -> Result<Vec<String>, ApiError> {
         if max == 0 {

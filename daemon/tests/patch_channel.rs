@@ -143,7 +143,7 @@ http {{
     );
     std::fs::write(d.join("nginx.conf"), conf).unwrap();
     std::fs::create_dir_all(d.join("tmp")).unwrap();
-    let child = Command::new("nginx")
+    let mut child = Command::new("nginx")
         .args(["-c", &d.join("nginx.conf").display().to_string(), "-p", &d.display().to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -156,6 +156,8 @@ http {{
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("nginx did not start: {}", std::fs::read_to_string(d.join("logs/error.log")).unwrap_or_default());
 }
 
@@ -230,7 +232,8 @@ fn a_download_arrives_whole_and_is_renamed_into_place() {
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 3 << 20);
     assert!(!dest.with_extension("part").exists());
     assert_eq!(seen.load(Ordering::SeqCst), 1, "progress reached 100% once");
-    assert_eq!(rt().block_on(n.channel().get_small("b.otb", 1)).unwrap_err().0.contains("larger than"), true);
+    let e = rt().block_on(n.channel().get_small("b.otb", 1)).unwrap_err();
+    assert!(e.0.contains("larger than"), "{e}");
 }
 
 /// A TCP proxy that cuts its first connection after `cut` bytes from the server; later ones pass.

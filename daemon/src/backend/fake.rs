@@ -276,6 +276,24 @@ impl HealthMonitor for FakeWorld {
         Ok(())
     }
 
+    fn probes(&self) -> Vec<otpatch_common::api::ProbeReport> {
+        let observed = self.snapshot().counts.get("health.observe").copied().unwrap_or(0) > 0;
+        let failing = observed && self.script.health == FakeHealth::Fail;
+        vec![otpatch_common::api::ProbeReport {
+            name: "fake-critical".into(),
+            target: "fake plc".into(),
+            critical: true,
+            last_value: if failing { "0".into() } else { "72".into() },
+            last_error: if failing { "value 0 below min 50".into() } else { String::new() },
+            consecutive_failures: if failing { 3 } else { 0 },
+            trip_after: 3,
+            reads: if observed { 10 } else { 1 },
+            failures: if failing { 3 } else { 0 },
+            tripped: failing,
+            last_response_us: 800,
+        }]
+    }
+
     async fn observe(&self, period: Duration) -> Verdict {
         self.record("health.observe".into(), |_| {});
         match self.script.health {
