@@ -131,6 +131,9 @@ pub trait Daemon1 {
     /// A health verdict (`healthy`, `degraded`, `failed`) with its reason.
     #[zbus(signal)]
     fn health_verdict(&self, window: &str, verdict: &str, reason: &str) -> zbus::Result<()>;
+    /// Per-probe results (JSON, as `get_health`) when a verdict is reached.
+    #[zbus(signal)]
+    fn probe_results(&self, window: &str, probes: &str) -> zbus::Result<()>;
     /// A window closed with its outcome.
     #[zbus(signal)]
     fn window_completed(&self, window: &str, outcome: &str) -> zbus::Result<()>;

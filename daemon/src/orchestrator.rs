@@ -99,9 +99,26 @@ pub enum Command {
 /// What the D-Bus service turns into signals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    Transition { window: String, from: String, to: String, event: String },
-    Health { window: String, verdict: String, reason: String },
-    Completed { window: String, outcome: String },
+    Transition {
+        window: String,
+        from: String,
+        to: String,
+        event: String,
+    },
+    Health {
+        window: String,
+        verdict: String,
+        reason: String,
+    },
+    /// The probe table (JSON) at the time of a verdict.
+    Probes {
+        window: String,
+        probes: String,
+    },
+    Completed {
+        window: String,
+        outcome: String,
+    },
 }
 
 /// Reloads the policy from disk.
@@ -459,6 +476,8 @@ impl Orchestrator {
                 None,
                 serde_json::json!({"verdict": verdict, "reason": reason, "probes": probes}),
             );
+            let table = serde_json::to_string(&probes).unwrap_or_default();
+            let _ = self.notices.send(Notice::Probes { window: window.clone(), probes: table });
             let _ = self.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
         }
     }

@@ -272,6 +272,10 @@ impl DaemonIface {
     async fn health_verdict(emitter: &SignalEmitter<'_>, window: &str, verdict: &str, reason: &str)
         -> zbus::Result<()>;
 
+    /// Per-probe results (JSON, as `GetHealth`) when a verdict is reached; sent just before `HealthVerdict`.
+    #[zbus(signal)]
+    async fn probe_results(emitter: &SignalEmitter<'_>, window: &str, probes: &str) -> zbus::Result<()>;
+
     /// A window closed with its outcome (`committed 1.2`, `rolled-back: ...`, `failed: ...`, `up-to-date`).
     #[zbus(signal)]
     async fn window_completed(emitter: &SignalEmitter<'_>, window: &str, outcome: &str) -> zbus::Result<()>;
@@ -305,6 +309,7 @@ pub async fn serve(conn: &Connection, handle: Handle, access: Access) -> zbus::R
                     DaemonIface::health_verdict(em, window, verdict, reason).await
                 }
                 Notice::Completed { window, outcome } => DaemonIface::window_completed(em, window, outcome).await,
+                Notice::Probes { window, probes } => DaemonIface::probe_results(em, window, probes).await,
             };
             if let Err(e) = r {
                 warn!(error = %e, "could not emit signal");
