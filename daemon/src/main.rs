@@ -14,7 +14,7 @@ use otpatchd::backend::{Backends, Clock, Firewall, SystemClock};
 use otpatchd::failpoints::Failpoints;
 use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
 use otpatchd::health::ModbusHealth;
-use otpatchd::orchestrator::{Command, Orchestrator, PolicyLoader};
+use otpatchd::orchestrator::{BackendFactory, Command, Orchestrator, PolicyLoader};
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
 use tokio::signal::unix::{signal, SignalKind};
@@ -165,13 +165,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let backends = backends(args.backends, &settings, &root, clock).await?;
+    let initial = backends(args.backends, &settings, &root, clock.clone()).await?;
+    let choice = args.backends;
+    let factory_root = root.clone();
+    let factory: BackendFactory = Arc::new(move |settings| {
+        let (root, clock) = (factory_root.clone(), clock.clone());
+        Box::pin(async move { backends(choice, &settings, &root, clock).await })
+    });
     let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
     let gateway = settings.gateway.id.clone();
 
     // Recover before serving: the journal decides what an interrupted window becomes.
     let (orch, handle, commands) =
-        Orchestrator::start(&root, settings, loader, backends, failpoints).await.context("recovering state")?;
+        Orchestrator::start(&root, settings, loader, initial, failpoints).await.context("recovering state")?;
+    let orch = orch.with_rebuild(factory);
     info!(gateway = %gateway, state = orch.state().name(), "state recovered");
 
     let conn = zbus::connection::Builder::system()

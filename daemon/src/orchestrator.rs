@@ -121,6 +121,9 @@ pub enum Notice {
     },
 }
 
+/// Builds the backends for a policy (a reload changes probes, the patch server, the firewall backend...).
+pub type BackendFactory = Arc<dyn Fn(Settings) -> BoxFuture<'static, anyhow::Result<Backends>> + Send + Sync>;
+
 /// Reloads the policy from disk.
 pub type PolicyLoader = Arc<dyn Fn() -> Result<Settings, PolicyErrors> + Send + Sync>;
 
@@ -154,6 +157,10 @@ pub struct Orchestrator {
     access_group: Arc<std::sync::RwLock<String>>,
     /// What the last lift found, for the audit log.
     last_lift: Arc<std::sync::Mutex<Option<LiftReport>>>,
+    /// Rebuilds the backends after a reload; None keeps them (tests).
+    rebuild: Option<BackendFactory>,
+    /// A reload came while a window was under way: rebuild when it ends.
+    rebuild_pending: bool,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -247,6 +254,8 @@ impl Orchestrator {
             default_tz,
             access_group: Arc::new(std::sync::RwLock::new(String::new())),
             last_lift: Arc::new(std::sync::Mutex::new(None)),
+            rebuild: None,
+            rebuild_pending: false,
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
         me.set_access_group();
@@ -268,6 +277,27 @@ impl Orchestrator {
 
     fn now(&self) -> Timestamp {
         self.backends.clock.now()
+    }
+
+    /// Backends are rebuilt from the new policy on reload (immediately, or when the window under way ends).
+    pub fn with_rebuild(mut self, factory: BackendFactory) -> Self {
+        self.rebuild = Some(factory);
+        self
+    }
+
+    async fn rebuild_backends(&mut self) {
+        let Some(factory) = self.rebuild.clone() else { return };
+        self.rebuild_pending = false;
+        match factory(self.settings.clone()).await {
+            Ok(b) => {
+                self.backends = b;
+                info!("backends rebuilt from the reloaded policy");
+            }
+            Err(e) => {
+                error!(error = %e, "could not rebuild the backends from the reloaded policy; keeping the old ones");
+                self.status.send_modify(|s| s.last_error = format!("reload: backends not rebuilt: {e}"));
+            }
+        }
     }
 
     pub fn state(&self) -> &State {
@@ -302,6 +332,9 @@ impl Orchestrator {
         tokio::pin!(shutdown);
         // Each turn handles one thing; every wait is bounded by a timer, a command or an action finishing.
         loop {
+            if self.rebuild_pending && !self.state.in_progress() {
+                self.rebuild_backends().await;
+            }
             self.sync_schedule().await;
             self.publish();
             let timer = self.next_timer();
@@ -766,6 +799,14 @@ impl Orchestrator {
             }
             Command::Reload { uid, reply } => {
                 let r = self.reload(uid);
+                if r.is_ok() && self.rebuild.is_some() {
+                    if self.state.in_progress() {
+                        // The window under way keeps the backends it started with.
+                        self.rebuild_pending = true;
+                    } else {
+                        self.rebuild_backends().await;
+                    }
+                }
                 let _ = reply.send(r);
             }
             Command::Health { reply } => {

@@ -399,3 +399,64 @@ async fn recurring_window_from_the_policy_runs_by_itself() {
     assert!(transitions(dir.path()).contains(&"committed".to_string()));
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn reload_rebuilds_the_backends_between_windows_never_during_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let policy = Arc::new(std::sync::Mutex::new(settings("")));
+    let p2 = policy.clone();
+    let loader: PolicyLoader = Arc::new(move || Ok(p2.lock().unwrap().clone()));
+    let built = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
+    let (b2, w2, c2) = (built.clone(), world.clone(), clock.clone());
+    let factory: BackendFactory = Arc::new(move |s: Settings| {
+        b2.lock().unwrap().push(s.rollback.observation);
+        let backends = w2.backends(c2.clone());
+        Box::pin(async move { Ok(backends) })
+    });
+    let (orch, handle, rx) = Orchestrator::start(
+        &Sysroot::new(dir.path()),
+        settings(""),
+        loader,
+        world.backends(clock),
+        Failpoints::default(),
+    )
+    .await
+    .unwrap();
+    let orch = orch.with_rebuild(factory);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(orch.run(rx, async move {
+        let _ = stop_rx.await;
+    }));
+    let r = Running { handle, task, stop: Some(stop_tx) };
+
+    // Between windows: rebuilt at once, from the new policy.
+    *policy.lock().unwrap() = settings("").clone_with_observation(Duration::from_secs(60));
+    r.call(|reply| Command::Reload { uid: Some(0), reply }).await.unwrap();
+    assert_eq!(*built.lock().unwrap(), vec![Duration::from_secs(60)]);
+
+    // During a window: the window keeps its backends; they are rebuilt once it has closed.
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    r.reached(&mut notices, "observing").await;
+    *policy.lock().unwrap() = settings("").clone_with_observation(Duration::from_secs(120));
+    r.call(|reply| Command::Reload { uid: Some(0), reply }).await.unwrap();
+    assert_eq!(built.lock().unwrap().len(), 1, "not rebuilt during the window");
+    r.completed(&mut notices).await;
+    // The next turn of the loop rebuilds; a status call is served after it.
+    r.call(|reply| Command::Status { reply }).await.unwrap();
+    assert_eq!(*built.lock().unwrap(), vec![Duration::from_secs(60), Duration::from_secs(120)]);
+    r.stop().await;
+}
+
+trait WithObservation {
+    fn clone_with_observation(self, d: Duration) -> Settings;
+}
+
+impl WithObservation for Settings {
+    fn clone_with_observation(mut self, d: Duration) -> Settings {
+        self.rollback.observation = d;
+        self
+    }
+}
