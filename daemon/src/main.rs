@@ -126,8 +126,15 @@ async fn backends(
             use otpatchd::backend::fake::{FakeScript, FakeWorld};
             let text = std::env::var("OTPATCH_FAKE_SCRIPT").unwrap_or_default();
             let script = FakeScript::parse(&text).map_err(anyhow::Error::msg)?;
-            warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
-            FakeWorld::persistent(&_root.path("/run/otpatch-fake/world.json"), script).backends(clock)
+            let mut b = FakeWorld::persistent(&_root.path("/run/otpatch-fake/world.json"), script).backends(clock);
+            if std::env::var_os("OTPATCH_REAL_FIREWALL").is_some() {
+                // Process tests of segmentation: the real firewall, everything else fake.
+                warn!(script = %text, "running with FAKE backends except the firewall");
+                b.firewall = firewall(settings).await;
+            } else {
+                warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
+            }
+            b
         }
     })
 }

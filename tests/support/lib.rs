@@ -230,9 +230,29 @@ impl Daemon {
 
     /// Starts otpatchd without waiting, with extra environment variables.
     pub fn spawn_with_env(bus: &Bus, gw: &Gateway, script: &str, failpoints: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::spawn_full(bus, gw, script, failpoints, env, None)
+    }
+
+    /// Starts otpatchd without waiting, optionally inside network namespace `netns` (`ip netns exec`).
+    pub fn spawn_full(
+        bus: &Bus,
+        gw: &Gateway,
+        script: &str,
+        failpoints: &str,
+        env: &[(&str, &str)],
+        netns: Option<&str>,
+    ) -> Daemon {
         let log = gw.path().join(format!("otpatchd-{}.log", std::process::id()));
         let logf = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(bin("otpatchd"))
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("otpatchd"));
+                c
+            }
+            None => Command::new(bin("otpatchd")),
+        };
+        let child = cmd
             .args(["--root", gw.path().to_str().unwrap(), "--backends", "fake", "--log", "text"])
             .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
             .env("OTPATCH_FAKE_SCRIPT", script)
