@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod committed;
 pub mod engine;
 pub mod failpoints;
 pub mod fetch;

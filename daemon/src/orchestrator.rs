@@ -587,6 +587,11 @@ impl Orchestrator {
                         error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
                         self.status.send_modify(|s| s.last_error = format!("commit: {e}"));
                     }
+                    let committed = self.store_path.with_file_name("committed.json");
+                    if let Err(e) = crate::committed::Committed::record(&committed, &bundle, self.now(), None) {
+                        error!(error = %e, "could not record the committed bundle");
+                        self.status.send_modify(|s| s.last_error = format!("recording the commit: {e}"));
+                    }
                     self.audit_log(
                         "commit",
                         self.state.window().map(|w| w.id.clone()).as_deref(),

@@ -182,6 +182,8 @@ async fn happy_path_commits_and_lifts() {
     assert!(pos("checkpoint.dump") < pos("livepatch.apply"));
     assert!(pos("livepatch.apply") < pos("livepatch.commit"));
     assert_eq!(order.last(), Some(&"firewall.lift"));
+    let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
+    assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
     assert_eq!(
         transitions(dir.path()),
         [

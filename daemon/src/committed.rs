@@ -1,0 +1,121 @@
+//! What this gateway has committed: per `compatible`, the last bundle a window kept, and the newest signing
+//! time seen. Anti-rollback compares new bundles against it; the patch channel only fetches newer ones; the
+//! livepatch path re-applies what is recorded here at boot.
+//!
+//! Kept in `<state>/committed.json`, written atomically. An unreadable file is an error, never "nothing
+//! committed": that would let an older bundle in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{PatchKind, VerifiedBundle};
+use crate::fsutil::write_atomic;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBundle {
+    pub version: String,
+    pub digest: String,
+    pub kind: PatchKind,
+    pub path: std::path::PathBuf,
+    pub signer: String,
+    pub committed_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Committed {
+    /// By `compatible`.
+    pub bundles: BTreeMap<String, CommittedBundle>,
+    /// The latest signing time of a bundle this gateway verified: a clock floor for gateways without a
+    /// battery-backed real-time clock (policy `trust.time_source = "system-with-floor"`).
+    pub time_floor: Option<Timestamp>,
+}
+
+impl Committed {
+    /// Reads the file; a missing file is "nothing committed yet".
+    pub fn load(path: &Path) -> Result<Committed, String> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                format!(
+                    "{} is unreadable ({e}); refusing to guess what is committed: restore or remove it",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Committed::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// The version committed for `compatible`, if any.
+    pub fn version_for(&self, compatible: &str) -> Option<&str> {
+        self.bundles.get(compatible).map(|b| b.version.as_str())
+    }
+
+    /// Records a committed bundle (and raises the time floor to `signed_at`, if given).
+    pub fn record(
+        path: &Path,
+        bundle: &VerifiedBundle,
+        now: Timestamp,
+        signed_at: Option<Timestamp>,
+    ) -> Result<(), String> {
+        let mut c = Committed::load(path)?;
+        c.bundles.insert(
+            bundle.compatible.clone(),
+            CommittedBundle {
+                version: bundle.version.clone(),
+                digest: bundle.digest.clone(),
+                kind: bundle.kind,
+                path: bundle.path.clone(),
+                signer: bundle.signer.clone(),
+                committed_at: now,
+            },
+        );
+        if let Some(t) = signed_at {
+            c.time_floor = Some(c.time_floor.map_or(t, |f| f.max(t)));
+        }
+        let text = serde_json::to_vec_pretty(&c).map_err(|e| e.to_string())?;
+        write_atomic(path, &text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(v: &str) -> VerifiedBundle {
+        VerifiedBundle {
+            path: "/var/lib/otpatch/bundles/a.otb".into(),
+            kind: PatchKind::Livepatch,
+            compatible: "gw".into(),
+            version: v.into(),
+            digest: format!("d-{v}"),
+            signer: "CN=vendor".into(),
+        }
+    }
+
+    #[test]
+    fn records_the_latest_per_compatible_and_raises_the_floor() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("committed.json");
+        assert_eq!(Committed::load(&p).unwrap(), Committed::default());
+        let t1: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        let t0: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        Committed::record(&p, &bundle("1.0"), t1, Some(t1)).unwrap();
+        Committed::record(&p, &bundle("1.1"), t1, Some(t0)).unwrap();
+        let c = Committed::load(&p).unwrap();
+        assert_eq!(c.version_for("gw"), Some("1.1"));
+        assert_eq!(c.version_for("other"), None);
+        assert_eq!(c.time_floor, Some(t1), "the floor never goes back");
+    }
+
+    #[test]
+    fn an_unreadable_file_is_an_error_not_a_blank_slate() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("committed.json");
+        std::fs::write(&p, b"{ torn").unwrap();
+        let e = Committed::load(&p).unwrap_err();
+        assert!(e.contains("refusing to guess"), "{e}");
+    }
+}
