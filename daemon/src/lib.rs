@@ -17,6 +17,7 @@ pub mod firewall;
 pub mod fsutil;
 pub mod health;
 pub mod journal;
+pub mod livepatch;
 pub mod orchestrator;
 pub mod service;
 pub mod sysroot;

@@ -1,0 +1,309 @@
+//! The kernel livepatch path: the [`Patcher`](crate::backend::Patcher) that loads a livepatch module from a
+//! verified bundle, waits for its transition, and takes it out again.
+//!
+//! Before anything is loaded the module's `.modinfo` must say `livepatch=Y` and carry the running kernel's
+//! vermagic (release and flags, compared with a module of the running kernel when one is there) and, when the
+//! bundle pins one, the running kernel's build-id. Then `finit_module`; the patch's
+//! `/sys/kernel/livepatch/<name>/transition` must reach 0 within the policy's `rollback.transition_timeout`. A
+//! transition that stalls is reverted (`enabled` = 0), with the tasks still in the old code named, unless the
+//! policy allows `force`. Rollback: disable, wait until the patch's sysfs directory is gone, `delete_module`.
+//! Cumulative (`.replace = true`) patches replace the ones before them; what is applied is always read from
+//! the kernel ([`applied`]).
+//!
+//! Every path goes through the [`Sysroot`], and the two system calls through [`Kernel`], so the logic runs in
+//! tests against a fake sysfs tree whose fake kernel plays the transitions.
+
+pub mod modinfo;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::backend::{BackendError, BackendResult, Patcher, ProgressFn};
+use crate::engine::VerifiedBundle;
+use crate::sysroot::Sysroot;
+pub use modinfo::ModInfo;
+
+/// The two system calls.
+pub trait Kernel: Send + Sync {
+    /// `finit_module` of the file.
+    fn load(&self, ko: &Path) -> std::io::Result<()>;
+    /// `delete_module` by name (non-blocking).
+    fn unload(&self, name: &str) -> std::io::Result<()>;
+}
+
+/// The real kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealKernel;
+
+impl Kernel for RealKernel {
+    fn load(&self, ko: &Path) -> std::io::Result<()> {
+        let f = std::fs::File::open(ko)?;
+        nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()).map_err(std::io::Error::from)
+    }
+
+    fn unload(&self, name: &str) -> std::io::Result<()> {
+        let c = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+        nix::kmod::delete_module(&c, nix::kmod::DeleteModuleFlags::O_NONBLOCK).map_err(std::io::Error::from)
+    }
+}
+
+/// A livepatch as the kernel shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedPatch {
+    pub name: String,
+    pub enabled: bool,
+    pub in_transition: bool,
+}
+
+/// The patches in `/sys/kernel/livepatch`, sorted by name.
+pub fn applied(root: &Sysroot) -> Vec<AppliedPatch> {
+    let dir = root.path("/sys/kernel/livepatch");
+    let mut v: Vec<AppliedPatch> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().is_dir())
+                .map(|e| {
+                    let p = e.path();
+                    AppliedPatch {
+                        name: e.file_name().to_string_lossy().into_owned(),
+                        enabled: read_flag(&p.join("enabled")),
+                        in_transition: read_flag(&p.join("transition")),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+fn read_flag(p: &Path) -> bool {
+    std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false)
+}
+
+/// How the livepatcher behaves.
+#[derive(Debug, Clone)]
+pub struct LivepatchConfig {
+    pub transition_timeout: Duration,
+    pub allow_force: bool,
+    /// How often sysfs is polled.
+    pub poll: Duration,
+    /// A build-id the module must be for (from the bundle's manifest), hex.
+    pub pinned_build_id: Option<String>,
+}
+
+/// Finds the module file of a verified bundle (extracting it from the bundle if needed).
+pub type ModuleSource = Arc<dyn Fn(&VerifiedBundle) -> BackendResult<PathBuf> + Send + Sync>;
+
+pub struct SysfsLivepatcher {
+    root: Sysroot,
+    kernel: Arc<dyn Kernel>,
+    config: LivepatchConfig,
+    module_for: ModuleSource,
+}
+
+impl std::fmt::Debug for SysfsLivepatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SysfsLivepatcher")
+            .field("root", &self.root)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SysfsLivepatcher {
+    pub fn new(root: Sysroot, kernel: Arc<dyn Kernel>, config: LivepatchConfig, module_for: ModuleSource) -> Self {
+        SysfsLivepatcher { root, kernel, config, module_for }
+    }
+
+    fn patch_dir(&self, name: &str) -> PathBuf {
+        self.root.path("/sys/kernel/livepatch").join(name)
+    }
+
+    /// The running kernel's release.
+    pub fn running_release(&self) -> BackendResult<String> {
+        let p = self.root.path("/proc/sys/kernel/osrelease");
+        std::fs::read_to_string(&p)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| BackendError::new(format!("cannot read the running kernel's release ({}): {e}", p.display())))
+    }
+
+    /// The vermagic of a module of the running kernel (the reference for the flags), if one is found.
+    pub fn reference_vermagic(&self, release: &str) -> Option<String> {
+        let base = self.root.path("/lib/modules").join(release).join("kernel");
+        // Bounded walk: the first .ko found within 2000 entries.
+        let mut stack = vec![base];
+        let mut seen = 0;
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            for e in rd.filter_map(Result::ok) {
+                seen += 1;
+                if seen > 2000 {
+                    return None;
+                }
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "ko") {
+                    if let Ok(info) = ModInfo::read(&p) {
+                        return info.vermagic;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Checks a module against the running kernel before anything is loaded.
+    pub fn check(&self, ko: &Path) -> BackendResult<ModInfo> {
+        let info = ModInfo::read(ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
+        let release = self.running_release()?;
+        let reference = self.reference_vermagic(&release);
+        let build_id = match &self.config.pinned_build_id {
+            Some(_) => Some(
+                modinfo::kernel_build_id(&self.root.path("/sys/kernel/notes"))
+                    .map_err(|e| BackendError::new(format!("cannot read the running kernel's build-id: {e}")))?,
+            ),
+            None => None,
+        };
+        info.check_against(&release, reference.as_deref(), self.config.pinned_build_id.as_deref(), build_id.as_deref())
+            .map_err(BackendError)?;
+        Ok(info)
+    }
+
+    /// Waits (bounded) until `cond` holds, polling.
+    async fn wait(&self, limit: Duration, cond: impl Fn() -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            if cond() {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(self.config.poll).await;
+        }
+    }
+
+    /// Tasks the kernel still shows in the old code (`/proc/<pid>/patch_state` not at the target), up to 10.
+    pub fn stragglers(&self, target: i32) -> Vec<String> {
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.root.path("/proc")) else { return out };
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let state =
+                std::fs::read_to_string(e.path().join("patch_state")).ok().and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(s) = state {
+                if s != -1 && s != target {
+                    let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+                    out.push(format!("{} ({})", name, comm.trim()));
+                    if out.len() >= 10 {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn disable_and_unload(&self, name: &str) -> BackendResult<()> {
+        let dir = self.patch_dir(name);
+        if dir.exists() {
+            let enabled = dir.join("enabled");
+            if read_flag(&enabled) {
+                std::fs::write(&enabled, "0")
+                    .map_err(|e| BackendError::new(format!("disabling livepatch {name}: {e}")))?;
+            }
+            let limit = self.config.transition_timeout;
+            if !self.wait(limit, || !dir.exists()).await {
+                let stuck = self.stragglers(0);
+                return Err(BackendError::new(format!(
+                    "livepatch {name} did not finish disabling within {limit:?}; tasks still in the patched code: {}",
+                    if stuck.is_empty() { "none reported".to_string() } else { stuck.join(", ") }
+                )));
+            }
+        }
+        let kernel = self.kernel.clone();
+        let n = name.to_string();
+        match tokio::task::spawn_blocking(move || kernel.unload(&n)).await {
+            Ok(Ok(())) => Ok(()),
+            // Not loaded (any more): the goal is reached.
+            Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+            Ok(Err(e)) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
+            Err(e) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
+        }
+    }
+}
+
+#[async_trait]
+impl Patcher for SysfsLivepatcher {
+    async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()> {
+        let ko = (self.module_for)(bundle)?;
+        let info = self.check(&ko)?;
+        let name = info.name.clone();
+        progress(-1, format!("loading livepatch {name} ({})", bundle.version));
+        let kernel = self.kernel.clone();
+        let path = ko.clone();
+        tokio::task::spawn_blocking(move || kernel.load(&path))
+            .await
+            .map_err(|e| BackendError::new(format!("loading {name}: {e}")))?
+            .map_err(|e| BackendError::new(format!("the kernel refused livepatch module {name}: {e}")))?;
+        let dir = self.patch_dir(&name);
+        if !self.wait(Duration::from_secs(5), || dir.exists()).await {
+            let _ = self.disable_and_unload(&name).await;
+            return Err(BackendError::new(format!(
+                "module {name} loaded but no /sys/kernel/livepatch/{name} appeared"
+            )));
+        }
+        progress(-1, format!("livepatch {name}: waiting for the transition"));
+        let transition = dir.join("transition");
+        let limit = self.config.transition_timeout;
+        if self.wait(limit, || !read_flag(&transition)).await {
+            return Ok(());
+        }
+        let stuck = self.stragglers(1);
+        let who = if stuck.is_empty() { "none reported".to_string() } else { stuck.join(", ") };
+        if self.config.allow_force {
+            tracing::warn!(patch = %name, tasks = %who, "transition stalled; forcing it (allowed by the policy)");
+            std::fs::write(dir.join("force"), "1").map_err(|e| BackendError::new(format!("forcing {name}: {e}")))?;
+            if self.wait(limit, || !read_flag(&transition)).await {
+                return Ok(());
+            }
+        }
+        // Take it back out before reporting: a half-transitioned patch must not stay.
+        let revert = self.disable_and_unload(&name).await;
+        let mut msg = format!("livepatch {name} did not finish its transition within {limit:?}; tasks still in the old code: {who}; reverted");
+        if let Err(e) = revert {
+            msg.push_str(&format!(" (revert failed: {e})"));
+        }
+        Err(BackendError(msg))
+    }
+
+    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+        let ko = (self.module_for)(bundle)?;
+        let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
+        self.disable_and_unload(&info.name).await
+    }
+
+    async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+        // The committed record (committed.json) is what boot re-applies from; here we only confirm the kernel
+        // agrees that the patch is in.
+        let ko = (self.module_for)(bundle)?;
+        let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
+        match applied(&self.root).into_iter().find(|p| p.name == info.name) {
+            Some(p) if p.enabled && !p.in_transition => Ok(()),
+            Some(p) => Err(BackendError::new(format!("livepatch {} is not settled: {p:?}", info.name))),
+            None => Err(BackendError::new(format!("livepatch {} is no longer applied", info.name))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
