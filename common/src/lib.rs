@@ -13,6 +13,8 @@
 
 pub mod api;
 pub mod audit;
+#[cfg(feature = "bundle")]
+pub mod bundle;
 pub mod policy;
 pub mod schedule;
 pub mod units;

@@ -1,0 +1,6 @@
+//! Fuzz target: `otpatch_common::bundle::fuzzing::trailer` must never panic, hang or allocate without bound.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = otpatch_common::bundle::fuzzing::trailer(data);
+});
