@@ -551,3 +551,22 @@ fn create_refuses_a_key_that_is_not_the_certificates() {
     req.kind = "kernel".into();
     assert!(matches!(bundle::create(&req, &out).unwrap_err(), BundleError::Manifest { .. }));
 }
+
+#[test]
+fn a_detached_signature_over_any_content_verifies_like_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("index.json");
+    std::fs::write(&index, br#"{"format":1}"#).unwrap();
+    let sig = Pki::get().sign(&index, &["p256"], &[]);
+    let content = std::fs::read(&index).unwrap();
+    let signer = bundle::verify_detached(&content, &sig, &trust(), now()).unwrap();
+    assert!(signer.contains("CN="), "{signer}");
+    let mut tampered = content.clone();
+    tampered[2] ^= 1;
+    assert!(matches!(
+        bundle::verify_detached(&tampered, &sig, &trust(), now()),
+        Err(BundleError::MessageDigestMismatch { .. })
+    ));
+    let other = TrustStore::from_pem_files(&[Pki::get().path("otherroot.pem")], &[], None).unwrap();
+    assert!(bundle::verify_detached(&content, &sig, &other, now()).is_err(), "an unknown CA is refused");
+}

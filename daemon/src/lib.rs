@@ -21,3 +21,4 @@ pub mod livepatch;
 pub mod orchestrator;
 pub mod service;
 pub mod sysroot;
+pub mod verify;

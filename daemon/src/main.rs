@@ -10,13 +10,17 @@ use otpatch_common::api::BUS_NAME;
 use otpatch_common::policy::{self, LoadOptions, PolicyPaths};
 use otpatch_common::policy::{FirewallBackend, Settings};
 use otpatchd::backend::unavailable::Unavailable;
-use otpatchd::backend::{Backends, Clock, Firewall, SystemClock};
+use otpatchd::backend::unavailable::{FetchNotConfigured, NoCriticalProcesses};
+use otpatchd::backend::{BackendError, Backends, Checkpointer, Clock, Fetcher, Firewall, SystemClock};
 use otpatchd::failpoints::Failpoints;
+use otpatchd::fetch::{tls::client_config, Channel, ChannelLimits, HttpsFetcher};
 use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
 use otpatchd::health::ModbusHealth;
+use otpatchd::livepatch::{LivepatchConfig, ModuleFile, ModuleSource, RealKernel, SysfsLivepatcher};
 use otpatchd::orchestrator::{BackendFactory, Command, Orchestrator, PolicyLoader};
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
+use otpatchd::verify::BundleVerifier;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
@@ -104,6 +108,58 @@ async fn firewall(settings: &Settings) -> Arc<dyn Firewall> {
     }
 }
 
+/// The patch channel of the policy's `[server]`, with the server CA and client certificate under the sysroot.
+fn fetcher(
+    settings: &Settings,
+    root: &Sysroot,
+    verifier: Arc<BundleVerifier>,
+    clock: Arc<dyn Clock>,
+) -> Arc<dyn Fetcher> {
+    let Some(server) = settings.server.clone() else {
+        return Arc::new(FetchNotConfigured("the policy names no patch server ([server])".into()));
+    };
+    let tls =
+        match client_config(&root.path(&server.ca), &root.path(&server.client_cert), &root.path(&server.client_key)) {
+            Ok(t) => t,
+            Err(e) => return Arc::new(FetchNotConfigured(format!("the patch channel cannot be set up: {e}"))),
+        };
+    let committed = root.state_dir().join("committed.json");
+    let compatible = settings.gateway.compatible.clone();
+    let c2 = compatible.clone();
+    Arc::new(HttpsFetcher {
+        channel: Channel::new(server, tls, ChannelLimits::default()),
+        compatible,
+        max_download: settings.limits.max_download,
+        state_dir: root.state_dir(),
+        verifier,
+        installed: Arc::new(move || {
+            otpatchd::committed::Committed::load(&committed).ok().and_then(|c| c.version_for(&c2).map(str::to_string))
+        }),
+        clock,
+    })
+}
+
+/// The livepatcher: modules come out of their (re-verified) bundle into `<state>/livepatch/`.
+fn livepatcher(settings: &Settings, root: &Sysroot, verifier: Arc<BundleVerifier>) -> SysfsLivepatcher {
+    let config = LivepatchConfig {
+        transition_timeout: settings.rollback.transition_timeout,
+        allow_force: settings.rollback.allow_force,
+        poll: Duration::from_millis(100),
+        pinned_build_id: None,
+    };
+    let dir = root.state_dir().join("livepatch");
+    let module_for: ModuleSource = Arc::new(move |b| {
+        // Verified again right before loading: the file on disk is the one that was signed.
+        let v = verifier.verify_path(&b.path, true)?;
+        if v.digest != b.digest {
+            return Err(BackendError::new(format!("{} changed since it was verified", b.path.display())));
+        }
+        let path = verifier.extract_payload(&v, &b.path, ".ko", &dir)?;
+        Ok(ModuleFile { path, pinned_build_id: v.manifest.build_id.clone() })
+    });
+    SysfsLivepatcher::new(root.clone(), Arc::new(RealKernel), config, module_for)
+}
+
 async fn backends(
     choice: BackendChoice,
     settings: &Settings,
@@ -111,16 +167,24 @@ async fn backends(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Backends> {
     Ok(match choice {
-        BackendChoice::Real => Backends {
-            firewall: firewall(settings).await,
-            fetcher: Arc::new(Unavailable("patch channel (mutual TLS)")),
-            verifier: Arc::new(Unavailable("bundle verifier (CMS)")),
-            checkpointer: Arc::new(Unavailable("checkpoint (CRIU)")),
-            livepatcher: Arc::new(Unavailable("kernel livepatch")),
-            ab_updater: Arc::new(Unavailable("A/B update (RAUC)")),
-            health: Arc::new(ModbusHealth::new(settings.probes.clone())),
-            clock,
-        },
+        BackendChoice::Real => {
+            let verifier = Arc::new(BundleVerifier::new(settings, _root, clock.clone()));
+            let checkpointer: Arc<dyn Checkpointer> = if settings.processes.is_empty() {
+                Arc::new(NoCriticalProcesses)
+            } else {
+                Arc::new(Unavailable("checkpoint (CRIU)"))
+            };
+            Backends {
+                firewall: firewall(settings).await,
+                fetcher: fetcher(settings, _root, verifier.clone(), clock.clone()),
+                verifier: verifier.clone(),
+                checkpointer,
+                livepatcher: Arc::new(livepatcher(settings, _root, verifier)),
+                ab_updater: Arc::new(Unavailable("A/B update (RAUC)")),
+                health: Arc::new(ModbusHealth::new(settings.probes.clone())),
+                clock,
+            }
+        }
         #[cfg(feature = "fake-backends")]
         BackendChoice::Fake => {
             use otpatchd::backend::fake::{FakeScript, FakeWorld};

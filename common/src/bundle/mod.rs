@@ -268,6 +268,27 @@ pub(crate) fn check_expectations(m: &Manifest, exp: &Expectations) -> Result<(),
 
 /// Detects the format from the end of the file: the otpatch magic, or else a RAUC bundle (squashfs at the start,
 /// a CMS size in the last 8 bytes).
+/// Verifies a detached CMS signature (DER, as `openssl cms -sign -binary -outform DER` writes it) over `content`
+/// — the patch server's signed index, for one — with the same rules as a bundle: one signer, signed attributes,
+/// chain to the trust anchors, codeSigning, allowed algorithms, validity at `now`. Returns the signer's subject.
+pub fn verify_detached(
+    content: &[u8],
+    cms_der: &[u8],
+    trust: &TrustStore,
+    now: Timestamp,
+) -> Result<String, BundleError> {
+    let sd = cms::parse(cms_der)?;
+    if sd.econtent.is_some() {
+        return Err(BundleError::NotCms {
+            reason: "the CMS encapsulates its content; a detached signature was expected".into(),
+        });
+    }
+    let signer = sd.single_signer()?;
+    let digest = ring::digest::digest(signer.digest.ring(), content);
+    let outcome = cms::verify_signer(&sd, &signer, digest.as_ref(), trust, now)?;
+    Ok(outcome.signer.subject.clone())
+}
+
 pub fn detect(path: &Path) -> Result<BundleFormat, BundleError> {
     let mut f = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let len = f.metadata().map_err(|e| io(path, e))?.len();

@@ -96,8 +96,15 @@ pub struct LivepatchConfig {
     pub pinned_build_id: Option<String>,
 }
 
+/// The module file of a verified bundle, and the kernel build-id its manifest pins, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleFile {
+    pub path: PathBuf,
+    pub pinned_build_id: Option<String>,
+}
+
 /// Finds the module file of a verified bundle (extracting it from the bundle if needed).
-pub type ModuleSource = Arc<dyn Fn(&VerifiedBundle) -> BackendResult<PathBuf> + Send + Sync>;
+pub type ModuleSource = Arc<dyn Fn(&VerifiedBundle) -> BackendResult<ModuleFile> + Send + Sync>;
 
 pub struct SysfsLivepatcher {
     root: Sysroot,
@@ -159,19 +166,19 @@ impl SysfsLivepatcher {
     }
 
     /// Checks a module against the running kernel before anything is loaded.
-    pub fn check(&self, ko: &Path) -> BackendResult<ModInfo> {
+    pub fn check(&self, ko: &Path, pinned_build_id: Option<&str>) -> BackendResult<ModInfo> {
         let info = ModInfo::read(ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
         let release = self.running_release()?;
         let reference = self.reference_vermagic(&release);
-        let build_id = match &self.config.pinned_build_id {
+        let pin = pinned_build_id.or(self.config.pinned_build_id.as_deref());
+        let build_id = match pin {
             Some(_) => Some(
                 modinfo::kernel_build_id(&self.root.path("/sys/kernel/notes"))
                     .map_err(|e| BackendError::new(format!("cannot read the running kernel's build-id: {e}")))?,
             ),
             None => None,
         };
-        info.check_against(&release, reference.as_deref(), self.config.pinned_build_id.as_deref(), build_id.as_deref())
-            .map_err(BackendError)?;
+        info.check_against(&release, reference.as_deref(), pin, build_id.as_deref()).map_err(BackendError)?;
         Ok(info)
     }
 
@@ -245,8 +252,9 @@ impl SysfsLivepatcher {
 #[async_trait]
 impl Patcher for SysfsLivepatcher {
     async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()> {
-        let ko = (self.module_for)(bundle)?;
-        let info = self.check(&ko)?;
+        let module = (self.module_for)(bundle)?;
+        let ko = module.path;
+        let info = self.check(&ko, module.pinned_build_id.as_deref())?;
         let name = info.name.clone();
         progress(-1, format!("loading livepatch {name} ({})", bundle.version));
         let kernel = self.kernel.clone();
@@ -287,7 +295,7 @@ impl Patcher for SysfsLivepatcher {
     }
 
     async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
-        let ko = (self.module_for)(bundle)?;
+        let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
         self.disable_and_unload(&info.name).await
     }
@@ -295,7 +303,7 @@ impl Patcher for SysfsLivepatcher {
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
         // The committed record (committed.json) is what boot re-applies from; here we only confirm the kernel
         // agrees that the patch is in.
-        let ko = (self.module_for)(bundle)?;
+        let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
         match applied(&self.root).into_iter().find(|p| p.name == info.name) {
             Some(p) if p.enabled && !p.in_transition => Ok(()),

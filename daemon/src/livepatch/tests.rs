@@ -145,7 +145,12 @@ fn livepatcher(s: &Setup, kernel: Arc<FakeKernel>, allow_force: bool, ko: PathBu
         poll: Duration::from_millis(10),
         pinned_build_id: None,
     };
-    SysfsLivepatcher::new(s.root.clone(), kernel, config, Arc::new(move |_| Ok(ko.clone())))
+    SysfsLivepatcher::new(
+        s.root.clone(),
+        kernel,
+        config,
+        Arc::new(move |_| Ok(ModuleFile { path: ko.clone(), pinned_build_id: None })),
+    )
 }
 
 fn progress() -> ProgressFn {

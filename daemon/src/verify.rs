@@ -1,0 +1,427 @@
+//! The [`Verifier`] over [`otpatch_common::bundle`]: the site's trust anchors from the policy, anti-rollback
+//! against what this gateway committed, the running kernel for livepatches, and the clock rule for gateways
+//! without a real-time clock (policy `trust.time_source = "system-with-floor"`: never earlier than the newest
+//! signing time already verified). Also verifies the patch server's index signature, and extracts a verified
+//! bundle's payloads (hashing them again while copying) for the backends that apply them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use otpatch_common::bundle::{self, BundleFormat, Expectations, TrustStore};
+use otpatch_common::policy::{Settings, TimeSource};
+use sha2::{Digest, Sha256};
+
+use crate::backend::{BackendError, BackendResult, Clock, Verifier};
+use crate::committed::Committed;
+use crate::engine::{BundleRef, PatchKind, VerifiedBundle};
+use crate::fetch::IndexVerifier;
+use crate::fsutil::write_atomic;
+use crate::sysroot::Sysroot;
+
+/// Verifies bundles and the index against the policy's trust settings.
+#[derive(Clone)]
+pub struct BundleVerifier {
+    trust: Result<Arc<TrustStore>, String>,
+    compatible: String,
+    allow_downgrade: bool,
+    time_source: TimeSource,
+    root: Sysroot,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for BundleVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BundleVerifier").field("compatible", &self.compatible).finish_non_exhaustive()
+    }
+}
+
+impl BundleVerifier {
+    /// Loads the trust anchors (and CRL) the policy names, under the sysroot. A load failure is kept and
+    /// reported on every verification, so the daemon still starts, serves status and lifts segmentation.
+    pub fn new(settings: &Settings, root: &Sysroot, clock: Arc<dyn Clock>) -> Self {
+        let anchors: Vec<PathBuf> = settings.trust.anchors.iter().map(|p| root.path(p)).collect();
+        let crl = settings.trust.crl.as_ref().map(|p| root.path(p));
+        let trust = TrustStore::from_pem_files(&anchors, &settings.trust.allowed_signers, crl.as_deref())
+            .map(Arc::new)
+            .map_err(|e| format!("the policy's trust anchors cannot be used: {e}"));
+        BundleVerifier {
+            trust,
+            compatible: settings.gateway.compatible.clone(),
+            allow_downgrade: settings.trust.allow_downgrade,
+            time_source: settings.trust.time_source,
+            root: root.clone(),
+            clock,
+        }
+    }
+
+    fn committed_path(&self) -> PathBuf {
+        self.root.state_dir().join("committed.json")
+    }
+
+    fn trust(&self) -> BackendResult<&TrustStore> {
+        self.trust.as_deref().map_err(|e| BackendError::new(e.clone()))
+    }
+
+    /// The time signatures are checked against.
+    pub fn now(&self, committed: &Committed) -> Timestamp {
+        let now = self.clock.now();
+        match (self.time_source, committed.time_floor) {
+            (TimeSource::SystemWithFloor, Some(floor)) if floor > now => floor,
+            _ => now,
+        }
+    }
+
+    fn kernel_release(&self) -> Option<String> {
+        std::fs::read_to_string(self.root.path("/proc/sys/kernel/osrelease")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Full verification of a bundle file; `again` re-verifies one already accepted (same version allowed).
+    pub fn verify_path(&self, path: &Path, again: bool) -> BackendResult<bundle::Verified> {
+        let committed = Committed::load(&self.committed_path()).map_err(BackendError)?;
+        let exp = Expectations {
+            compatible: self.compatible.clone(),
+            last_committed: committed.version_for(&self.compatible).map(str::to_string),
+            allow_downgrade: self.allow_downgrade || again,
+            now: self.now(&committed),
+            kernel_release: self.kernel_release(),
+        };
+        bundle::verify(path, self.trust()?, &exp).map_err(|e| BackendError::new(format!("{}: {e}", path.display())))
+    }
+
+    /// Raises the clock floor to a verified signing time (never lowers it).
+    fn raise_floor(&self, signed: Option<Timestamp>) {
+        let Some(t) = signed else { return };
+        let path = self.committed_path();
+        let Ok(mut c) = Committed::load(&path) else { return };
+        if c.time_floor.is_none_or(|f| t > f) {
+            c.time_floor = Some(t);
+            if let Ok(text) = serde_json::to_vec_pretty(&c) {
+                if let Err(e) = write_atomic(&path, &text) {
+                    tracing::warn!(error = %e, "could not record the clock floor");
+                }
+            }
+        }
+    }
+
+    /// Copies payload `name` (or the first whose name ends with `suffix`) of a verified otpatch bundle to
+    /// `dest_dir`, hashing it on the way; the copy is used only if it matches the signed manifest.
+    pub fn extract_payload(
+        &self,
+        v: &bundle::Verified,
+        path: &Path,
+        suffix: &str,
+        dest_dir: &Path,
+    ) -> BackendResult<PathBuf> {
+        if v.format != BundleFormat::Otpatch {
+            return Err(BackendError::new(format!(
+                "{}: only otpatch bundles carry payloads to extract",
+                path.display()
+            )));
+        }
+        let (i, p) = v
+            .payloads
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name.ends_with(suffix))
+            .ok_or_else(|| BackendError::new(format!("{}: no payload named *{suffix}", path.display())))?;
+        let offset = v.payload_offsets[i];
+        std::fs::create_dir_all(dest_dir).map_err(|e| BackendError::new(format!("{}: {e}", dest_dir.display())))?;
+        let dest = dest_dir.join(format!("{}-{}", &v.digest[..16.min(v.digest.len())], sanitize(&p.name)));
+        if dest.exists() && sha256_of(&dest).ok().as_deref() == Some(p.sha256.as_str()) {
+            return Ok(dest);
+        }
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::File::open(path).map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
+        let tmp = dest.with_extension("partial");
+        let mut out = std::fs::File::create(&tmp).map_err(|e| BackendError::new(format!("{}: {e}", tmp.display())))?;
+        let mut h = Sha256::new();
+        let mut left = p.size;
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = f.read(&mut buf[..want]).map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
+            if n == 0 {
+                return Err(BackendError::new(format!("{}: truncated while extracting {}", path.display(), p.name)));
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| BackendError::new(format!("{}: {e}", tmp.display())))?;
+            left -= n as u64;
+        }
+        out.sync_all().map_err(|e| BackendError::new(format!("{}: {e}", tmp.display())))?;
+        let got = hex::encode(h.finalize());
+        if got != p.sha256 {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(BackendError::new(format!(
+                "{}: payload {} changed since it was verified (sha256 {got}, signed {})",
+                path.display(),
+                p.name,
+                p.sha256
+            )));
+        }
+        std::fs::rename(&tmp, &dest).map_err(|e| BackendError::new(format!("{}: {e}", dest.display())))?;
+        Ok(dest)
+    }
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+fn sha256_of(p: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(h.finalize()));
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// The engine's view of a verified bundle.
+pub fn to_engine(v: &bundle::Verified, path: &Path) -> VerifiedBundle {
+    let kind = match (v.format, v.kind.as_str()) {
+        (BundleFormat::RaucPlain | BundleFormat::RaucVerity, _) => PatchKind::Ab,
+        (_, "livepatch") => PatchKind::Livepatch,
+        _ => PatchKind::App,
+    };
+    VerifiedBundle {
+        path: path.to_path_buf(),
+        kind,
+        compatible: v.compatible.clone(),
+        version: v.version.clone(),
+        digest: v.digest.clone(),
+        signer: v.signer.clone(),
+    }
+}
+
+#[async_trait]
+impl Verifier for BundleVerifier {
+    async fn verify(&self, b: &BundleRef) -> BackendResult<VerifiedBundle> {
+        let me = self.clone();
+        let path = b.path.clone();
+        // Hashing a large bundle is blocking work: keep it off the runtime.
+        let v = tokio::task::spawn_blocking(move || me.verify_path(&path, false))
+            .await
+            .map_err(|e| BackendError::new(format!("verification task: {e}")))??;
+        self.raise_floor(v.signing_time);
+        Ok(to_engine(&v, &b.path))
+    }
+}
+
+impl IndexVerifier for BundleVerifier {
+    fn verify(&self, content: &[u8], signature: &[u8], _now: Timestamp) -> Result<String, String> {
+        let trust = self.trust.as_deref().map_err(|e| e.clone())?;
+        let committed = Committed::load(&self.committed_path())?;
+        bundle::verify_detached(content, signature, trust, self.now(&committed)).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::TokioClock;
+    use otpatch_common::policy::{parse_sources, LoadOptions};
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A root CA and a codeSigning signer it issued, as a vendor would have them.
+    fn pki(dir: &Path) {
+        openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ca.key"]);
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3",
+                "-subj",
+                "/CN=site root",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        );
+        openssl(dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "signer.key"]);
+        openssl(dir, &["req", "-new", "-key", "signer.key", "-out", "signer.csr", "-subj", "/CN=vendor signing"]);
+        std::fs::write(
+            dir.join("signer.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "signer.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "signer.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "signer.ext",
+            ],
+        );
+    }
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        verifier: BundleVerifier,
+    }
+
+    fn setup(floor: bool) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("etc/otpatch/trust")).unwrap();
+        std::fs::create_dir_all(r.join("pki")).unwrap();
+        pki(&r.join("pki"));
+        std::fs::copy(r.join("pki/ca.pem"), r.join("etc/otpatch/trust/ca.pem")).unwrap();
+        std::fs::create_dir_all(r.join("proc/sys/kernel")).unwrap();
+        std::fs::write(r.join("proc/sys/kernel/osrelease"), "6.1.0-28-amd64\n").unwrap();
+        let ts = if floor { "system-with-floor" } else { "system" };
+        let text = format!(
+            "[gateway]\nid = \"gw\"\ncompatible = \"acme-gw\"\n[trust]\nanchors = [\"/etc/otpatch/trust/ca.pem\"]\ntime_source = \"{ts}\"\n"
+        );
+        let settings = parse_sources(&[("p.toml".into(), text)], &LoadOptions::default()).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(Timestamp::now()));
+        let verifier = BundleVerifier::new(&settings, &Sysroot::new(r), clock);
+        Setup { dir, verifier }
+    }
+
+    fn make_bundle(s: &Setup, version: &str, release: &str) -> PathBuf {
+        let r = s.dir.path();
+        let ko = r.join("pki/fix.ko");
+        std::fs::write(&ko, b"\x7fELF pretend module").unwrap();
+        let out = r.join(format!("lp-{version}.otb"));
+        bundle::create(
+            &bundle::CreateRequest {
+                kind: "livepatch".into(),
+                compatible: "acme-gw".into(),
+                version: version.into(),
+                expires: None,
+                kernel_releases: vec![release.into()],
+                build_id: None,
+                payloads: vec![ko],
+                signer_cert: r.join("pki/signer.pem"),
+                signer_key: r.join("pki/signer.key"),
+                chain: vec![],
+            },
+            &out,
+        )
+        .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn verifies_maps_and_raises_the_clock_floor() {
+        let s = setup(true);
+        let b = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
+        let v = Verifier::verify(&s.verifier, &BundleRef { path: b.clone(), size: 0 }).await.unwrap();
+        assert_eq!(v.kind, PatchKind::Livepatch);
+        assert_eq!(v.version, "1.0.0");
+        assert!(v.signer.contains("vendor signing"), "{}", v.signer);
+        let c = Committed::load(&s.dir.path().join("var/lib/otpatch/committed.json")).unwrap();
+        assert!(c.time_floor.is_some(), "the signing time became the clock floor");
+    }
+
+    #[tokio::test]
+    async fn refuses_downgrades_other_kernels_and_missing_anchors() {
+        let s = setup(false);
+        let old = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
+        let newer = make_bundle(&s, "1.1.0", "6.1.0-28-amd64");
+        let v = Verifier::verify(&s.verifier, &BundleRef { path: newer.clone(), size: 0 }).await.unwrap();
+        Committed::record(&s.dir.path().join("var/lib/otpatch/committed.json"), &v, Timestamp::now(), None).unwrap();
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: old, size: 0 }).await.unwrap_err();
+        assert!(e.0.to_lowercase().contains("older") || e.0.to_lowercase().contains("downgrade"), "{e}");
+        // The same bundle again is fine when re-verifying one already accepted (boot re-apply, rollback).
+        s.verifier.verify_path(&newer, true).unwrap();
+        let other_kernel = make_bundle(&s, "1.2.0", "6.1.0-99-amd64");
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: other_kernel, size: 0 }).await.unwrap_err();
+        assert!(e.0.contains("6.1.0-28-amd64"), "{e}");
+        std::fs::remove_file(s.dir.path().join("etc/otpatch/trust/ca.pem")).unwrap();
+        let s2 = BundleVerifier::new(
+            &parse_sources(
+                &[("p.toml".into(), "[gateway]\nid = \"gw\"\ncompatible = \"acme-gw\"\n[trust]\nanchors = [\"/etc/otpatch/trust/ca.pem\"]\n".into())],
+                &LoadOptions::default(),
+            )
+            .unwrap(),
+            &Sysroot::new(s.dir.path()),
+            Arc::new(TokioClock::starting_at(Timestamp::now())),
+        );
+        let e = s2.verify_path(&newer, false).unwrap_err();
+        assert!(e.0.contains("trust anchors cannot be used"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn payloads_are_extracted_only_as_signed() {
+        let s = setup(false);
+        let b = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
+        let v = s.verifier.verify_path(&b, false).unwrap();
+        let dest = s.dir.path().join("var/lib/otpatch/livepatch");
+        let ko = s.verifier.extract_payload(&v, &b, ".ko", &dest).unwrap();
+        assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF pretend module");
+        // The bundle changes on disk after it was verified: the copy no longer matches what was signed.
+        std::fs::remove_file(&ko).unwrap();
+        let mut bytes = std::fs::read(&b).unwrap();
+        bytes[2] ^= 0xff;
+        std::fs::write(&b, &bytes).unwrap();
+        let e = s.verifier.extract_payload(&v, &b, ".ko", &dest).unwrap_err();
+        assert!(e.0.contains("changed since it was verified"), "{e}");
+        assert!(std::fs::read_dir(&dest).unwrap().next().is_none(), "nothing left behind");
+        let e = s.verifier.extract_payload(&v, &b, ".bin", &dest).unwrap_err();
+        assert!(e.0.contains("no payload named *.bin"), "{e}");
+    }
+
+    #[test]
+    fn the_index_signature_is_checked_against_the_anchors() {
+        let s = setup(false);
+        let r = s.dir.path();
+        std::fs::write(r.join("index.json"), b"{\"format\":1}").unwrap();
+        openssl(
+            &r.join("pki"),
+            &[
+                "cms",
+                "-sign",
+                "-binary",
+                "-outform",
+                "DER",
+                "-in",
+                "../index.json",
+                "-signer",
+                "signer.pem",
+                "-inkey",
+                "signer.key",
+                "-out",
+                "../index.json.sig",
+            ],
+        );
+        let content = std::fs::read(r.join("index.json")).unwrap();
+        let sig = std::fs::read(r.join("index.json.sig")).unwrap();
+        let who = IndexVerifier::verify(&s.verifier, &content, &sig, Timestamp::now()).unwrap();
+        assert!(who.contains("vendor signing"), "{who}");
+        let e = IndexVerifier::verify(&s.verifier, b"{\"format\":2}", &sig, Timestamp::now()).unwrap_err();
+        assert!(e.to_lowercase().contains("digest"), "{e}");
+    }
+}
