@@ -23,6 +23,7 @@ Exit codes:
   9   watch --exit-on-complete: the window rolled back
   10  watch --exit-on-complete: the window failed
   11  watch --max-wait: gave up waiting
+  12  bundle inspect: the policy would refuse the bundle; bundle create: an input was refused
 
 Environment:
   DBUS_SYSTEM_BUS_ADDRESS   the system bus to use (default unix:path=/var/run/dbus/system_bus_socket)";
@@ -34,7 +35,7 @@ Environment:
 /// system D-Bus (io.otpatch.Daemon1); mutating commands need root or membership in the policy's access group
 /// (otpatch by default).
 #[derive(Debug, Parser)]
-#[command(name = "otpatchctl", version, propagate_version = true, after_long_help = EXIT_CODES_HELP)]
+#[command(name = "otpatchctl", version, after_long_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Print machine-readable JSON on stdout (errors too, as {"error": {"name": ..., "message": ...}}).
     #[arg(long, global = true)]
@@ -70,6 +71,9 @@ pub enum Command {
     /// Work with site policies (offline, no daemon needed).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Create and inspect signed update bundles (offline).
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell to complete for.
@@ -137,6 +141,73 @@ pub struct LogArgs {
     /// Verify the hash chain instead of printing the records (exit 7 when broken).
     #[arg(long)]
     pub verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Build and sign an otpatch bundle (one CMS signature over a manifest that pins every payload).
+    // `--version` is the bundle's version here, not otpatchctl's.
+    #[command(disable_version_flag = true, after_help = BUNDLE_CREATE_EXAMPLE)]
+    Create(Box<BundleCreateArgs>),
+    /// Show a bundle's manifest, signer and chain, and whether the gateway's policy would accept it.
+    #[command(after_help = BUNDLE_INSPECT_EXAMPLE)]
+    Inspect(BundleInspectArgs),
+}
+
+const BUNDLE_CREATE_EXAMPLE: &str = "Example:
+  otpatchctl bundle create --kind livepatch --compatible acme-gw-x86 --version 1.3.0 --kernel-release 6.1.0-28-amd64 --payload fix.ko --signer-cert signer.pem --signer-key signer.key --chain intermediate.pem --out fix-1.3.0.otb";
+
+const BUNDLE_INSPECT_EXAMPLE: &str = "Examples:
+  otpatchctl bundle inspect fix-1.3.0.otb
+  otpatchctl bundle inspect --root /mnt/image --json update.raucb";
+
+#[derive(Debug, Args)]
+pub struct BundleCreateArgs {
+    /// What the bundle carries.
+    #[arg(long, value_parser = ["livepatch", "app"])]
+    pub kind: String,
+    /// The gateways it is for (matched against the policy's gateway.compatible).
+    #[arg(long)]
+    pub compatible: String,
+    /// Its version (dotted numbers; gateways refuse older versions than the one they committed).
+    #[arg(long)]
+    pub version: String,
+    /// A kernel release the livepatch is for (repeatable).
+    #[arg(long, value_name = "RELEASE")]
+    pub kernel_release: Vec<String>,
+    /// Pin the kernel's GNU build-id (hex).
+    #[arg(long, value_name = "HEX")]
+    pub build_id: Option<String>,
+    /// When the manifest stops being accepted (RFC 3339; default: 180 days from now).
+    #[arg(long, value_name = "TIME")]
+    pub expires: Option<jiff::Timestamp>,
+    /// A payload file (repeatable; stored in this order under its file name).
+    #[arg(long = "payload", value_name = "FILE", required = true)]
+    pub payloads: Vec<PathBuf>,
+    /// The signer's certificate (PEM, with the codeSigning extended key usage).
+    #[arg(long, value_name = "PEM")]
+    pub signer_cert: PathBuf,
+    /// The signer's private key (PEM PKCS#8, as `openssl genpkey` writes it).
+    #[arg(long, value_name = "PEM")]
+    pub signer_key: PathBuf,
+    /// An intermediate CA certificate to carry in the signature (repeatable).
+    #[arg(long = "chain", value_name = "PEM")]
+    pub chain: Vec<PathBuf>,
+    /// Where to write the bundle.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleInspectArgs {
+    /// The bundle (otpatch or RAUC).
+    pub file: PathBuf,
+    /// Root of the gateway whose policy (and committed versions, running kernel) the verdict is given against.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// Only show what the bundle says; check nothing against a policy.
+    #[arg(long)]
+    pub no_policy: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,8 @@ pub mod exit {
     pub const ROLLED_BACK: u8 = 9;
     pub const WINDOW_FAILED: u8 = 10;
     pub const WAIT_TIMEOUT: u8 = 11;
+    /// `bundle inspect`: the policy would refuse the bundle; `bundle create`: the inputs were refused.
+    pub const BUNDLE_REFUSED: u8 = 12;
     /// Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -40,6 +42,7 @@ pub mod names {
     pub const CHAIN_BROKEN: &str = "otpatchctl.AuditChainBroken";
     pub const WAIT_TIMEOUT: &str = "otpatchctl.WaitTimeout";
     pub const BUS_LOST: &str = "otpatchctl.BusLost";
+    pub const BUNDLE_REFUSED: &str = "otpatchctl.BundleRefused";
 }
 
 const SERVICE_UNKNOWN: &str = "org.freedesktop.DBus.Error.ServiceUnknown";

@@ -1,5 +1,6 @@
 //! otpatchctl, the command-line client of otpatchd. See `otpatchctl --help` and ctl/README.md.
 
+mod bundle_cmd;
 mod cli;
 mod client;
 mod error;
@@ -18,7 +19,7 @@ use jiff::Timestamp;
 use otpatch_common::units::format_duration;
 use serde_json::json;
 
-use crate::cli::{Cli, Command, PolicyCommand, WindowCommand};
+use crate::cli::{BundleCommand, Cli, Command, PolicyCommand, WindowCommand};
 use crate::client::Client;
 use crate::error::{exit, names, CtlError};
 
@@ -41,6 +42,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8, CtlError> {
     match &cli.command {
         Command::Policy(PolicyCommand::Check(args)) => policy_check::run(args, cli.json),
+        Command::Bundle(BundleCommand::Create(args)) => bundle_cmd::create(args, cli.json),
+        Command::Bundle(BundleCommand::Inspect(args)) => bundle_cmd::inspect(args, cli.json),
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(clap_complete::Shell::from(*shell), &mut Cli::command(), "otpatchctl", &mut buf);
@@ -191,7 +194,11 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
             }
         }
         Command::Log(args) => return log::run(&client, args, json).await,
-        Command::Watch(_) | Command::Policy(_) | Command::Completions { .. } | Command::Man { .. } => {
+        Command::Watch(_)
+        | Command::Policy(_)
+        | Command::Bundle(_)
+        | Command::Completions { .. }
+        | Command::Man { .. } => {
             unreachable!("handled before connecting")
         }
     }

@@ -1,6 +1,8 @@
 //! otpatchctl as a process, for what needs no daemon: help, completions, man pages, offline policy checks, and the
 //! exit code when the bus is not there.
 
+#![allow(clippy::unwrap_used)]
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -22,8 +24,20 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-const SUBCOMMANDS: [&str; 10] =
-    ["status", "window", "apply", "rollback", "reload", "watch", "log", "policy", "completions", "man"];
+const SUBCOMMANDS: [&str; 12] = [
+    "status",
+    "health",
+    "window",
+    "apply",
+    "rollback",
+    "reload",
+    "watch",
+    "log",
+    "policy",
+    "bundle",
+    "completions",
+    "man",
+];
 
 #[test]
 fn help_documents_the_exit_codes() {
@@ -213,4 +227,127 @@ fn no_bus_exits_3() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON on stdout");
     assert_eq!(v["error"]["name"], "otpatchctl.NoBus");
     assert!(v["error"]["message"].as_str().expect("a message").contains("DBUS_SYSTEM_BUS_ADDRESS"));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn bundle_create_then_inspect_against_the_gateways_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let k = d.path().join("keys");
+    fs::create_dir_all(&k).unwrap();
+    openssl(&k, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "ca.key"]);
+    openssl(
+        &k,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "3",
+            "-subj",
+            "/CN=site root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(&k, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "s.key"]);
+    openssl(&k, &["req", "-new", "-key", "s.key", "-out", "s.csr", "-subj", "/CN=vendor signing"]);
+    fs::write(k.join("s.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=codeSigning\n").unwrap();
+    openssl(
+        &k,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "s.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "s.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "s.ext",
+        ],
+    );
+    fs::write(k.join("fix.ko"), b"module bytes").unwrap();
+    let root = d.path().join("gw");
+    fs::create_dir_all(root.join("etc/otpatch/trust")).unwrap();
+    fs::copy(k.join("ca.pem"), root.join("etc/otpatch/trust/ca.pem")).unwrap();
+    fs::write(
+        root.join("etc/otpatch/policy.toml"),
+        "[gateway]\nid = \"gw\"\ncompatible = \"acme-gw\"\n[trust]\nanchors = [\"/etc/otpatch/trust/ca.pem\"]\n",
+    )
+    .unwrap();
+    let s = |p: &str| k.join(p).to_str().unwrap().to_string();
+    let out = d.path().join("fix.otb");
+    let o = otpatchctl(&[
+        "bundle",
+        "create",
+        "--kind",
+        "app",
+        "--compatible",
+        "acme-gw",
+        "--version",
+        "1.2.0",
+        "--payload",
+        &s("fix.ko"),
+        "--signer-cert",
+        &s("s.pem"),
+        "--signer-key",
+        &s("s.key"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r = root.to_str().unwrap();
+    let o = otpatchctl(&["bundle", "inspect", "--root", r, out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("ACCEPTED") && stdout(&o).contains("fix.ko"), "{}", stdout(&o));
+    // The gateway already committed a newer version: refused, exit 12.
+    fs::create_dir_all(root.join("var/lib/otpatch")).unwrap();
+    fs::write(root.join("var/lib/otpatch/committed.json"), r#"{"bundles":{"acme-gw":{"version":"2.0.0"}}}"#).unwrap();
+    let o = otpatchctl(&["bundle", "inspect", "--root", r, out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(12), "{}", stdout(&o));
+    assert!(stdout(&o).contains("REFUSED"), "{}", stdout(&o));
+    let o = otpatchctl(&["--json", "bundle", "inspect", "--no-policy", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"]["version"], "1.2.0");
+    assert_eq!(v["verdict"]["status"], "unchecked");
+    // A signer key that does not match the certificate: nothing written, exit 12.
+    let bad = d.path().join("bad.otb");
+    let o = otpatchctl(&[
+        "bundle",
+        "create",
+        "--kind",
+        "app",
+        "--compatible",
+        "acme-gw",
+        "--version",
+        "1.2.1",
+        "--payload",
+        &s("fix.ko"),
+        "--signer-cert",
+        &s("s.pem"),
+        "--signer-key",
+        &s("ca.key"),
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
+    assert!(!bad.exists());
 }
