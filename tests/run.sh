@@ -16,3 +16,5 @@ cargo build --workspace --bins --features "$features"
 cargo test --workspace --no-fail-fast --features "$features" "$@"
 # The Yocto layer: oelint-adv and its consistency with the workspace (bitbake itself cannot run here).
 bash yocto/check.sh
+# Every parser of untrusted bundle bytes under libFuzzer, briefly (the committed corpus also runs as a plain test).
+bash common/fuzz/run.sh "${OTPATCH_FUZZ_SECONDS:-10}"
