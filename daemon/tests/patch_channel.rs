@@ -351,3 +351,145 @@ fn size_limits_and_digest_mismatches_are_refused_and_nothing_is_kept() {
     let e = rt().block_on(n.channel().get_small("missing.otb", 100)).unwrap_err();
     assert!(e.0.contains("404"), "{e}");
 }
+
+/// The signed index, verified with the bundle verifier's detached-signature check against `anchor`.
+struct AnchorIndex(otpatch_common::bundle::TrustStore);
+
+impl otpatchd::fetch::IndexVerifier for AnchorIndex {
+    fn verify(&self, content: &[u8], signature: &[u8], now: jiff::Timestamp) -> Result<String, String> {
+        otpatch_common::bundle::verify_detached(content, signature, &self.0, now).map_err(|e| e.to_string())
+    }
+}
+
+/// A signing CA and a codeSigning signer for the index.
+fn index_signer(d: &Path) {
+    openssl(d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "sign-ca.key"]);
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "sign-ca.key",
+            "-out",
+            "sign-ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=site signing root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(d, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "signer.key"]);
+    openssl(d, &["req", "-new", "-key", "signer.key", "-out", "signer.csr", "-subj", "/CN=index signer"]);
+    std::fs::write(d.join("signer.ext"), "basicConstraints=CA:FALSE\nextendedKeyUsage=codeSigning\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "signer.csr",
+            "-CA",
+            "sign-ca.pem",
+            "-CAkey",
+            "sign-ca.key",
+            "-CAcreateserial",
+            "-out",
+            "signer.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "signer.ext",
+        ],
+    );
+}
+
+/// Writes and signs `www/otpatch/index.json` (detached CMS, DER, as a vendor would with openssl).
+fn publish_index(n: &Nginx, issued: &str, expires: &str, entries: serde_json::Value) {
+    let www = n.path("www/otpatch");
+    let index = serde_json::json!({"format": 1, "issued": issued, "expires": expires, "bundles": entries});
+    std::fs::write(www.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    openssl(
+        n.dir.path(),
+        &[
+            "cms",
+            "-sign",
+            "-binary",
+            "-outform",
+            "DER",
+            "-in",
+            "www/otpatch/index.json",
+            "-signer",
+            "signer.pem",
+            "-inkey",
+            "signer.key",
+            "-out",
+            "www/otpatch/index.json.sig",
+        ],
+    );
+}
+
+#[test]
+fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_ones() {
+    use otpatchd::backend::{FetchOutcome, Fetcher};
+    let n = nginx();
+    index_signer(n.dir.path());
+    let sha = n.publish("lp-1.2.0.otb", 200_000);
+    let entry = |v: &str| {
+        serde_json::json!([{"compatible": "acme-gw", "version": v, "kind": "livepatch", "file": "lp-1.2.0.otb",
+                             "size": 200_000, "sha256": sha}])
+    };
+    let day = jiff::SignedDuration::from_hours(24);
+    let now = jiff::Timestamp::now();
+    publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry("1.2.0"));
+    let trust = otpatch_common::bundle::TrustStore::from_pem_files(&[n.path("sign-ca.pem")], &[], None).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let installed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let i2 = installed.clone();
+    let fetcher = otpatchd::fetch::HttpsFetcher {
+        channel: n.channel(),
+        compatible: "acme-gw".into(),
+        max_download: 16 << 20,
+        state_dir: state.path().to_path_buf(),
+        verifier: Arc::new(AnchorIndex(trust)),
+        installed: Arc::new(move || i2.lock().unwrap().clone()),
+        clock: Arc::new(otpatchd::backend::SystemClock),
+    };
+    let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
+    let r = rt();
+    match r.block_on(fetcher.fetch(&window, no_progress())).unwrap() {
+        FetchOutcome::Bundle(b) => {
+            assert_eq!(b.path, state.path().join("bundles/lp-1.2.0.otb"));
+            assert_eq!(std::fs::metadata(&b.path).unwrap().len(), 200_000);
+        }
+        other => panic!("expected a bundle, got {other:?}"),
+    }
+    // Once 1.2.0 is committed, the same index offers nothing newer.
+    *installed.lock().unwrap() = Some("1.2.0".into());
+    assert_eq!(r.block_on(fetcher.fetch(&window, no_progress())).unwrap(), FetchOutcome::NothingNewer);
+    // An index past its expiry (a frozen mirror) is refused.
+    publish_index(
+        &n,
+        &(now - day).to_string(),
+        &(now - jiff::SignedDuration::from_secs(60)).to_string(),
+        entry("1.3.0"),
+    );
+    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    assert!(e.0.contains("expired"), "{e}");
+    // An index issued before the one already accepted (a replay) is refused.
+    publish_index(&n, &(now - day - day).to_string(), &(now + day).to_string(), entry("1.3.0"));
+    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    assert!(e.0.contains("replayed"), "{e}");
+    // An index changed after signing is refused.
+    publish_index(&n, &now.to_string(), &(now + day).to_string(), entry("1.3.0"));
+    let idx = n.path("www/otpatch/index.json");
+    let text = std::fs::read_to_string(&idx).unwrap().replace("1.3.0", "9.9.9");
+    std::fs::write(&idx, text).unwrap();
+    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    assert!(e.0.contains("signature refused"), "{e}");
+}
