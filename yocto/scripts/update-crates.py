@@ -16,6 +16,7 @@ resolves the whole workspace with --frozen against BitBake's vendor directory ev
 
 import argparse
 import os
+import subprocess
 import sys
 
 try:
@@ -35,7 +36,18 @@ SKIP_DIRS = {"target", ".git", ".pc", ".venv", "node_modules"}
 
 
 def lock_files(root):
-    """Cargo.lock files under root, in a stable order (the workspace's own first)."""
+    """Cargo.lock files under root, in a stable order (the workspace's own first).
+
+    In a git checkout only tracked files count: a clean checkout is what BitBake unpacks, and locks of local
+    builds (common/fuzz, git-ignored) must not leak into the recipe."""
+    try:
+        out = subprocess.run(["git", "-C", root, "ls-files", "-z", "--", "Cargo.lock", "*/Cargo.lock"],
+                             capture_output=True, check=True).stdout.decode()
+        tracked = sorted(os.path.join(root, p) for p in out.split("\0") if p)
+        if tracked:
+            return sorted(tracked, key=lambda p: (os.path.dirname(p) != root, p))
+    except (OSError, subprocess.CalledProcessError):
+        pass
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
