@@ -18,3 +18,5 @@ cargo test --workspace --no-fail-fast --features "$features" "$@"
 bash yocto/check.sh
 # Every parser of untrusted bundle bytes under libFuzzer, briefly (the committed corpus also runs as a plain test).
 bash common/fuzz/run.sh "${OTPATCH_FUZZ_SECONDS:-10}"
+# The real kernel: Debian's stock 6.1 in QEMU (TCG), livepatch load, atomic replace, stall and revert, vermagic.
+bash hil/run.sh
