@@ -77,7 +77,9 @@ fn unprivileged_callers_may_read_but_not_change_anything() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("denied"), "{}", text(&o));
     }
     // Reads work for everyone.
-    for args in [vec!["status"], vec!["window", "list"], vec!["log"], vec!["--json", "status"]] {
+    for args in
+        [vec!["status"], vec!["window", "list"], vec!["log"], vec!["--json", "status"], vec!["livepatch", "list"]]
+    {
         let o = ctl(&bus, &args, nobody);
         assert_eq!(o.status.code(), Some(0), "{args:?} as nobody must work: {}", text(&o));
     }
@@ -220,4 +222,26 @@ fn systemd_hears_ready_after_the_name_is_owned_then_status_and_watchdog() {
     assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
     assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "{seen:?}");
     assert!(seen.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "watchdog pings: {seen:?}");
+}
+
+#[test]
+fn livepatch_list_shows_what_the_kernel_has() {
+    let bus = Bus::start(BusPolicy::Shipped);
+    let gw = Gateway::new(POLICY);
+    let _d = Daemon::start(&bus, &gw, "", "");
+    let o = ctl(&bus, &["livepatch", "list"], Some(NOBODY_UID));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no livepatch applied"), "{}", text(&o));
+    // The gateway root's sysfs: one patch in transition (loaded by hand, not from a window).
+    let p = gw.path().join("sys/kernel/livepatch/lp_by_hand");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("enabled"), "1\n").unwrap();
+    std::fs::write(p.join("transition"), "1\n").unwrap();
+    let o = ctl(&bus, &["--json", "livepatch", "list"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["name"], "lp_by_hand", "{}", text(&o));
+    assert_eq!(v[0]["in_transition"], true);
+    assert_eq!(v[0]["version"], "");
+    let o = ctl(&bus, &["livepatch", "list"], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lp_by_hand  enabling"), "{}", text(&o));
 }

@@ -109,6 +109,8 @@ pub trait Daemon1 {
     fn reload(&self) -> zbus::Result<()>;
     /// A status snapshot as JSON (see [`StatusSnapshot`]).
     fn get_status(&self) -> zbus::Result<String>;
+    /// Livepatches as the kernel shows them, with the committed bundle each came from (JSON list).
+    fn list_livepatches(&self) -> zbus::Result<String>;
     /// The live health-probe table as JSON (a list of [`ProbeReport`]).
     fn get_health(&self) -> zbus::Result<String>;
     /// Audit records as JSON lines, starting at sequence number `from_seq`, at most `max` of them.

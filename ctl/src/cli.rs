@@ -71,6 +71,9 @@ pub enum Command {
     /// Work with site policies (offline, no daemon needed).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Kernel livepatches on the gateway.
+    #[command(subcommand)]
+    Livepatch(LivepatchCommand),
     /// Create and inspect signed update bundles (offline).
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -141,6 +144,12 @@ pub struct LogArgs {
     /// Verify the hash chain instead of printing the records (exit 7 when broken).
     #[arg(long)]
     pub verify: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LivepatchCommand {
+    /// The livepatches the kernel has, with the bundle version each came from and its state.
+    List,
 }
 
 #[derive(Debug, Subcommand)]

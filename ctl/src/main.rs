@@ -19,7 +19,7 @@ use jiff::Timestamp;
 use otpatch_common::units::format_duration;
 use serde_json::json;
 
-use crate::cli::{BundleCommand, Cli, Command, PolicyCommand, WindowCommand};
+use crate::cli::{BundleCommand, Cli, Command, LivepatchCommand, PolicyCommand, WindowCommand};
 use crate::client::Client;
 use crate::error::{exit, names, CtlError};
 
@@ -119,6 +119,25 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
             } else {
                 let snapshot = client::parse_status(&text)?;
                 out::write(&render::status(&snapshot, Timestamp::now(), &TimeZone::system()));
+            }
+        }
+        Command::Livepatch(LivepatchCommand::List) => {
+            let text = proxy.list_livepatches().await.map_err(|e| client.err(e))?;
+            if json {
+                out::line(text.trim());
+            } else {
+                let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+                    CtlError::new(
+                        exit::FAILURE,
+                        names::BAD_REPLY,
+                        format!("otpatchd sent a list otpatchctl cannot read: {e}"),
+                    )
+                })?;
+                if list.is_empty() {
+                    out::line("no livepatch applied");
+                } else {
+                    out::write(&render::livepatch_table(&list));
+                }
             }
         }
         Command::Health => {

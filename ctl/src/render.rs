@@ -190,6 +190,29 @@ pub(crate) fn or_dash(s: &str) -> &str {
     }
 }
 
+/// The `livepatch list` table.
+pub fn livepatch_table(list: &[serde_json::Value]) -> String {
+    let header = ["PATCH", "STATE", "VERSION", "COMPATIBLE", "COMMITTED"];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    let text = |v: &serde_json::Value, k: &str| or_dash(v[k].as_str().unwrap_or_default()).to_string();
+    for p in list {
+        let state = match (p["enabled"].as_bool(), p["in_transition"].as_bool()) {
+            (Some(true), Some(true)) => "enabling",
+            (Some(false), Some(true)) => "disabling",
+            (Some(true), _) => "enabled",
+            _ => "disabled",
+        };
+        rows.push(vec![
+            text(p, "name"),
+            state.into(),
+            text(p, "version"),
+            text(p, "compatible"),
+            text(p, "committed_at"),
+        ]);
+    }
+    table(&rows)
+}
+
 /// Left-aligned columns two spaces apart; the last column is not padded.
 fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -291,6 +314,20 @@ mod tests {
             segmentation_dropped: 17,
             segmentation_ruleset: String::new(),
         }
+    }
+
+    #[test]
+    fn livepatch_table_shows_where_each_patch_came_from() {
+        let list = vec![
+            serde_json::json!({"name": "lp_fix", "enabled": true, "in_transition": false, "compatible": "gw",
+                               "version": "1.3.0", "committed_at": "2026-12-01T02:10:00Z"}),
+            serde_json::json!({"name": "by_hand", "enabled": true, "in_transition": true, "compatible": "",
+                               "version": "", "committed_at": ""}),
+        ];
+        let text = livepatch_table(&list);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("lp_fix") && lines[1].contains("enabled") && lines[1].contains("1.3.0"), "{text}");
+        assert!(lines[2].contains("enabling") && lines[2].ends_with("-"), "{text}");
     }
 
     #[test]

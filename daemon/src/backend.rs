@@ -121,6 +121,10 @@ pub trait Patcher: Send + Sync {
     async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
     /// Makes a change that passed observation permanent (re-applied at boot, slot marked good).
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
+    /// Whether the change is in place now (so a committed change is re-applied at boot only when it is not).
+    async fn is_applied(&self, _bundle: &VerifiedBundle) -> BackendResult<bool> {
+        Ok(false)
+    }
 }
 
 /// The plant's verdict after a change.

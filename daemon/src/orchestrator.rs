@@ -86,6 +86,10 @@ pub enum Command {
         max: u32,
         reply: Reply<Vec<String>>,
     },
+    /// Livepatches as the kernel shows them, with what was committed.
+    Livepatches {
+        reply: Reply<Vec<LivepatchInfo>>,
+    },
     /// The live health-probe table.
     Health {
         reply: Reply<Vec<otpatch_common::api::ProbeReport>>,
@@ -94,6 +98,18 @@ pub enum Command {
     Status {
         reply: Reply<StatusSnapshot>,
     },
+}
+
+/// One livepatch for `ListLivepatches` / `otpatchctl livepatch list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivepatchInfo {
+    pub name: String,
+    pub enabled: bool,
+    pub in_transition: bool,
+    /// From the committed record; empty when the patch did not come from a committed window.
+    pub compatible: String,
+    pub version: String,
+    pub committed_at: String,
 }
 
 /// What the D-Bus service turns into signals.
@@ -161,6 +177,7 @@ pub struct Orchestrator {
     rebuild: Option<BackendFactory>,
     /// A reload came while a window was under way: rebuild when it ends.
     rebuild_pending: bool,
+    sysroot: Sysroot,
 }
 
 impl std::fmt::Debug for Orchestrator {
@@ -256,6 +273,7 @@ impl Orchestrator {
             last_lift: Arc::new(std::sync::Mutex::new(None)),
             rebuild: None,
             rebuild_pending: false,
+            sysroot: sysroot.clone(),
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
         me.set_access_group();
@@ -271,6 +289,7 @@ impl Orchestrator {
             serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "journal_state": loaded.state.name(), "problems": problems}),
         );
         me.recover().await;
+        me.reapply_committed().await;
         let handle = Handle { commands: cmd_tx, access_group: me.access_group.clone(), status: status_rx, notices };
         Ok((me, handle, cmd_rx))
     }
@@ -325,6 +344,61 @@ impl Orchestrator {
             self.feed(ev).await;
         }
         self.publish();
+    }
+
+    /// At start, before the daemon reports READY: every livepatch a window committed is put back if the kernel
+    /// does not have it (after a reboot), from its bundle, verified again. A committed change is never applied a
+    /// second time while it is in place.
+    async fn reapply_committed(&mut self) {
+        let path = self.store_path.with_file_name("committed.json");
+        let committed = match crate::committed::Committed::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(error = %e, "cannot read what was committed; nothing re-applied");
+                self.status.send_modify(|s| s.last_error = e.clone());
+                return;
+            }
+        };
+        for (compatible, c) in committed.bundles {
+            if c.kind != PatchKind::Livepatch {
+                continue;
+            }
+            let bundle = crate::engine::VerifiedBundle {
+                path: c.path.clone(),
+                kind: c.kind,
+                compatible: compatible.clone(),
+                version: c.version.clone(),
+                digest: c.digest.clone(),
+                signer: c.signer.clone(),
+            };
+            let patcher = self.backends.livepatcher.clone();
+            let result = match patcher.is_applied(&bundle).await {
+                Ok(true) => continue,
+                Ok(false) => patcher.apply(&bundle, self.progress_fn()).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    info!(version = %c.version, "committed livepatch re-applied at start");
+                    self.audit_log(
+                        "boot-reapply",
+                        None,
+                        None,
+                        serde_json::json!({"version": c.version, "digest": c.digest}),
+                    );
+                }
+                Err(e) => {
+                    error!(version = %c.version, error = %e, "could not re-apply the committed livepatch");
+                    self.audit_log(
+                        "boot-reapply-failed",
+                        None,
+                        None,
+                        serde_json::json!({"version": c.version, "error": e.to_string()}),
+                    );
+                    self.status.send_modify(|s| s.last_error = format!("re-applying {}: {e}", c.version));
+                }
+            }
+        }
     }
 
     /// Runs until `shutdown` resolves; then lifts segmentation (the unit's stop path) and returns.
@@ -814,6 +888,9 @@ impl Orchestrator {
                 }
                 let _ = reply.send(r);
             }
+            Command::Livepatches { reply } => {
+                let _ = reply.send(Ok(self.livepatches()));
+            }
             Command::Health { reply } => {
                 let _ = reply.send(Ok(self.backends.health.probes()));
             }
@@ -982,6 +1059,41 @@ impl Orchestrator {
         info!(files = sources.len(), "policy reloaded");
         self.audit_log("policy-reloaded", None, uid, serde_json::json!({"sources": sources}));
         Ok(())
+    }
+
+    /// The kernel's livepatches, each matched with the committed bundle it came from (by the module name of the
+    /// bundle's extracted module).
+    fn livepatches(&self) -> Vec<LivepatchInfo> {
+        let state = self.sysroot.state_dir();
+        let committed = crate::committed::Committed::load(&state.join("committed.json")).unwrap_or_default();
+        let modules: Vec<(String, String)> = std::fs::read_dir(state.join("livepatch"))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let info = crate::livepatch::ModInfo::read(&e.path()).ok()?;
+                        Some((name, info.name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::livepatch::applied(&self.sysroot)
+            .into_iter()
+            .map(|p| {
+                let origin = committed.bundles.iter().find(|(_, b)| {
+                    let prefix = &b.digest[..16.min(b.digest.len())];
+                    modules.iter().any(|(file, module)| file.starts_with(prefix) && *module == p.name)
+                });
+                LivepatchInfo {
+                    name: p.name,
+                    enabled: p.enabled,
+                    in_transition: p.in_transition,
+                    compatible: origin.map(|(c, _)| c.clone()).unwrap_or_default(),
+                    version: origin.map(|(_, b)| b.version.clone()).unwrap_or_default(),
+                    committed_at: origin.map(|(_, b)| b.committed_at.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect()
     }
 
     fn set_access_group(&self) {

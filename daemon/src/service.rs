@@ -212,6 +212,12 @@ impl DaemonIface {
         serde_json::to_string(&snap).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
     }
 
+    /// Livepatches as the kernel shows them, with the committed bundle each came from, as JSON.
+    async fn list_livepatches(&self) -> Result<String, ApiError> {
+        let list = self.ask(|reply| Command::Livepatches { reply }).await?;
+        serde_json::to_string(&list).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
+    }
+
     /// The live health-probe table as JSON (name, target, last value and error, failures, tripped...).
     async fn get_health(&self) -> Result<String, ApiError> {
         let table = self.ask(|reply| Command::Health { reply }).await?;

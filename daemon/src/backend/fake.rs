@@ -337,6 +337,10 @@ impl Patcher for FakePatcher {
         Ok(())
     }
 
+    async fn is_applied(&self, bundle: &VerifiedBundle) -> BackendResult<bool> {
+        Ok(self.world.snapshot().applied.contains(&bundle.version))
+    }
+
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
         let v = bundle.version.clone();
         self.world.record(format!("{}.commit {}", self.name, bundle.version), |w| {

@@ -256,6 +256,10 @@ impl Patcher for SysfsLivepatcher {
         let ko = module.path;
         let info = self.check(&ko, module.pinned_build_id.as_deref())?;
         let name = info.name.clone();
+        if applied(&self.root).iter().any(|p| p.name == name && p.enabled && !p.in_transition) {
+            // Already in (a restart after the load, or a re-apply that raced a window): nothing to do.
+            return Ok(());
+        }
         progress(-1, format!("loading livepatch {name} ({})", bundle.version));
         let kernel = self.kernel.clone();
         let path = ko.clone();
@@ -298,6 +302,12 @@ impl Patcher for SysfsLivepatcher {
         let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
         self.disable_and_unload(&info.name).await
+    }
+
+    async fn is_applied(&self, bundle: &VerifiedBundle) -> BackendResult<bool> {
+        let ko = (self.module_for)(bundle)?.path;
+        let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
+        Ok(applied(&self.root).iter().any(|p| p.name == info.name && p.enabled))
     }
 
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {

@@ -162,8 +162,12 @@ async fn applies_commits_and_reverts() {
     let s = setup();
     let k = FakeKernel::new(s.root.root(), Mode::Normal);
     let lp = livepatcher(&s, k.clone(), false, s.ko.clone());
+    assert!(!lp.is_applied(&bundle()).await.unwrap());
     lp.apply(&bundle(), progress()).await.unwrap();
     assert_eq!(applied(&s.root), vec![AppliedPatch { name: "otp_lp".into(), enabled: true, in_transition: false }]);
+    assert!(lp.is_applied(&bundle()).await.unwrap());
+    // Applying what is already in is a no-op, not a second load.
+    lp.apply(&bundle(), progress()).await.unwrap();
     lp.commit(&bundle()).await.unwrap();
     lp.revert(&bundle()).await.unwrap();
     assert!(applied(&s.root).is_empty());

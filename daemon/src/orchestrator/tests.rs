@@ -462,3 +462,35 @@ impl WithObservation for Settings {
         self
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_livepatch_is_reapplied_after_a_reboot_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let world_file = dir.path().join("world.json");
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let world = FakeWorld::persistent(&world_file, FakeScript::default());
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
+    r.stop().await;
+
+    // A daemon restart: the patch is still in the kernel, nothing is applied again.
+    let world = FakeWorld::persistent(&world_file, FakeScript::default());
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    assert_eq!(world.snapshot().counts["livepatch.apply"], 1);
+    r.stop().await;
+
+    // A reboot: the kernel forgot the patch; the daemon puts the committed one back before it serves.
+    let mut state: WorldState = serde_json::from_slice(&std::fs::read(&world_file).unwrap()).unwrap();
+    state.applied.clear();
+    std::fs::write(&world_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let world = FakeWorld::persistent(&world_file, FakeScript::default());
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let w = world.snapshot();
+    assert_eq!(w.counts["livepatch.apply"], 2);
+    assert_eq!(w.applied, vec!["1.0.1"]);
+    let audit = std::fs::read_to_string(dir.path().join("var/lib/otpatch/audit.log")).unwrap();
+    assert!(audit.contains(r#""kind":"boot-reapply""#), "{audit}");
+    r.stop().await;
+}
