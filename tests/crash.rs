@@ -13,7 +13,7 @@ fn crash_at(state: &str, script: &str) -> (Gateway, serde_json::Value) {
     let bus = Bus::start(BusPolicy::Shipped);
     let gw = Gateway::new(POLICY);
     let mut d = Daemon::start(&bus, &gw, script, &format!("journal:{state}=crash"));
-    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(1), "--duration", "10m"], None);
+    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(2), "--duration", "10m"], None);
     // A crash right as the window is taken up may beat the reply out of the door; the window was saved first.
     let accepted =
         if state == "scheduled" { [Some(0), Some(3)].contains(&o.status.code()) } else { o.status.success() };

@@ -72,7 +72,7 @@ fn sigkill_mid_window_then_restart_reconciles_and_the_end_lifts() {
     let bus = Bus::start(BusPolicy::Shipped);
     let gw = Gateway::new(SLOW_POLICY);
     let mut d = start(&bus, &gw, &ns, "journal:observing=crash");
-    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(1), "--duration", "10m"], None);
+    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(2), "--duration", "10m"], None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let st = d.wait_exit(Duration::from_secs(60));
     assert_eq!(st.signal(), Some(9), "{}", d.log_text());
@@ -91,13 +91,13 @@ fn a_restart_after_the_window_is_over_lifts_it() {
     let bus = Bus::start(BusPolicy::Shipped);
     let gw = Gateway::new(SLOW_POLICY);
     let mut d = start(&bus, &gw, &ns, "journal:segmented=crash");
-    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(1), "--duration", "8s"], None);
+    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(2), "--duration", "8s"], None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(d.wait_exit(Duration::from_secs(60)).signal(), Some(9), "{}", d.log_text());
     assert!(ns.segmented());
     drop(d);
     // Down until past the window's end.
-    std::thread::sleep(Duration::from_secs(9));
+    std::thread::sleep(Duration::from_secs(11));
     let _d = start(&bus, &gw, &ns, "");
     wait_for(Duration::from_secs(30), "the expired window to be closed", || {
         status(&bus)["last_outcome"].as_str().is_some_and(|s| s.starts_with("failed: window ended"))
@@ -111,7 +111,7 @@ fn stopping_the_daemon_mid_window_lifts_segmentation_and_a_restart_segments_agai
     let bus = Bus::start(BusPolicy::Shipped);
     let gw = Gateway::new(SLOW_POLICY);
     let d = start(&bus, &gw, &ns, "");
-    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(1), "--duration", "10m"], None);
+    let o = ctl(&bus, &["window", "schedule", "--start", &start_in(2), "--duration", "10m"], None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     wait_for(Duration::from_secs(30), "segmentation", || ns.segmented());
     wait_for(Duration::from_secs(30), "the observation", || status(&bus)["state"] == "observing");

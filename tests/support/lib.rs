@@ -337,7 +337,8 @@ pub fn text(o: &Output) -> String {
 /// An RFC 3339 UTC start `secs` seconds from now, for `window schedule --start`.
 pub fn start_in(secs: u64) -> String {
     let t = std::time::SystemTime::now() + Duration::from_secs(secs);
-    let unix = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Rounded up to the next whole second, so the start is never less than `secs` away.
+    let unix = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
     // Civil time from Unix seconds (UTC), without a date library.
     let days = unix / 86_400;
     let rem = unix % 86_400;
