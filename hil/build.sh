@@ -159,6 +159,7 @@ GUEST_MODULES=(
   nfnetlink nf_tables nft_ct nf_conntrack nft_reject_inet nf_defrag_ipv4 nf_defrag_ipv6 libcrc32c
   unix_diag inet_diag tcp_diag udp_diag raw_diag netlink_diag af_packet_diag # for CRIU
   tun
+  virtio_blk ext4 # the otpatchd scenarios' state disk (/var/lib/otpatch across a reboot)
 )
 # Host binaries copied with their libraries: required, then optional.
 REQ_BINS=(nft dbus-daemon)
@@ -239,6 +240,7 @@ else
   # The HIL payload.
   install -m 0755 "$HIL/guest/init" "$R/init"
   install -m 0644 "$HIL/guest/lib.sh" "$R/hil/lib.sh"
+  install -m 0644 "$HIL/guest/otpatchd.sh" "$R/hil/otpatchd.sh"
   install -m 0644 "$HIL"/guest/scenarios/*.sh "$R/hil/scenarios/"
   install -m 0644 "$MB"/*.ko "$R/hil/modules/"
   install -m 0755 "$B/tools/hil-ms" "$B/tools/vforkpark" "$R/bin/"

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Runs the QEMU gateway scenarios: builds what is missing (hil/build.sh), boots the guest
-# once per scenario, keeps each serial log in hil/build/logs/NAME.log, prints each
-# scenario's timeline (HIL-TIME lines) and a summary, and exits 1 if any scenario failed.
+# once per scenario (twice for otpatchd-reboot), keeps each serial log in
+# hil/build/logs/NAME.log (each line prefixed with the host's arrival time, h=MS), prints each
+# scenario's timeline and a summary, and exits 1 if any scenario failed.
+# The otpatchd-* scenarios need the host's side (hil/host.sh): a patch server (nginx, mutual
+# TLS) and a PLC simulator, started once for the run and stopped on exit.
 #
 # usage: bash hil/run.sh [SCENARIO...]     (default: every hil/guest/scenarios/*.sh)
 # Environment: HIL_TIMEOUT=seconds per boot (default 120), HIL_SKIP_BUILD=1.
 set -euo pipefail
 
 HIL="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HIL")"
 B="$HIL/build"
+. "$HIL/host.sh"
 TIMEOUT="${HIL_TIMEOUT:-120}"
 T_START=$(date +%s%N)
 
@@ -19,6 +24,7 @@ cleanup() {
     kill "$QPID" 2>/dev/null || true
     wait "$QPID" 2>/dev/null || true
   fi
+  host_stop
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -27,6 +33,8 @@ command -v qemu-system-x86_64 >/dev/null ||
   { echo "qemu-system-x86_64 is missing: apt-get install -y --no-install-recommends qemu-system-x86" >&2; exit 2; }
 
 if [[ "${HIL_SKIP_BUILD:-0}" != 1 ]]; then
+  # The guest carries the production binaries (no test features): build them first, so it never runs stale ones.
+  (cd "$HIL/.." && cargo build --release --quiet -p otpatchd -p otpatchctl -p otpatch-plcsim)
   bash "$HIL/build.sh"
 fi
 [[ -s "$B/vmlinux" && -s "$B/initramfs.cpio" ]] || { echo "no guest in $B: run hil/build.sh" >&2; exit 2; }
@@ -34,56 +42,108 @@ fi
 # Default: every scenario; boot first (it says whether anything else can work), the
 # plain livepatch life before its failure modes, then any others by name.
 if (($# == 0)); then
-  set -- boot livepatch-sysfs livepatch-stall vermagic-mismatch
+  # otpatchd-reboot last: it is the longest, and the others say whether it can work.
+  set -- boot livepatch-sysfs livepatch-stall vermagic-mismatch \
+    otpatchd-happy otpatchd-health-rollback otpatchd-tampered otpatchd-wrong-kernel otpatchd-badmagic
   for f in "$HIL"/guest/scenarios/*.sh; do
     n="$(basename "$f" .sh)"
-    [[ " $* " == *" $n "* ]] || set -- "$@" "$n"
+    [[ " $* " == *" $n "* || $n == otpatchd-reboot ]] || set -- "$@" "$n"
   done
+  [[ -f "$HIL/guest/scenarios/otpatchd-reboot.sh" ]] && set -- "$@" otpatchd-reboot
 fi
 for s in "$@"; do
   [[ -f "$HIL/guest/scenarios/$s.sh" ]] || { echo "unknown scenario: $s" >&2; exit 2; }
 done
 
 mkdir -p "$B/logs"
-declare -a SUMMARY=()
-FAILED=0
-for s in "$@"; do
-  log="$B/logs/$s.log"
-  echo "=== $s (boot bounded to ${TIMEOUT}s; serial log: hil/build/logs/$s.log)"
-  t0=$(date +%s%N)
-  # TCG only: KVM hangs with Debian's kernel on this kind of host. User networking, no
-  # port forwarded: the scenarios so far need no traffic from the host.
-  timeout -k 5 "$TIMEOUT" qemu-system-x86_64 \
-    -accel tcg -m 1G -smp 2 -nographic -no-reboot \
-    -kernel "$B/vmlinux" -initrd "$B/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1 quiet otpatch.scenario=$s" \
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-    </dev/null >"$log" 2>&1 &
-  QPID=$!
-  rc=0
-  wait "$QPID" || rc=$?
-  QPID=
-  wall_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+if [[ " $* " == *" otpatchd-"* ]]; then
+  host_start
+fi
 
+# boot_guest SCENARIO LOG INITRD BOOT [DISK]: one QEMU boot, bounded; sets RC and WALL_MS.
+boot_guest() {
+  local s=$1 log=$2 initrd=$3 boot=$4 disk=${5:-} t0
+  local args=(-accel tcg -m 1G -smp 2 -nographic -no-reboot
+    -kernel "$B/vmlinux" -initrd "$initrd"
+    -append "console=ttyS0 panic=-1 quiet otpatch.scenario=$s otpatch.boot=$boot"
+    # User networking: the guest reaches the host's 127.0.0.1 services as 10.0.2.2.
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
+  [[ -z "$disk" ]] || args+=(-drive "file=$disk,format=raw,if=virtio")
+  local inject=()
+  if [[ $s == otpatchd-health-rollback ]]; then
+    # The fault: the critical register leaves 10..90 once the patch is in and observed.
+    inject=(--inject 'HIL-WATCH .* applying -> observing' "$HOST_PLC_CONTROL" 'set holding 0 u16 0')
+  fi
+  t0=$(date +%s%N)
+  # console.py stamps each serial line with the host's time, injects the fault, and bounds the boot.
+  python3 "$HIL/tools/console.py" run --log "$log" --timeout "$TIMEOUT" "${inject[@]}" -- \
+    qemu-system-x86_64 "${args[@]}" &
+  QPID=$!
+  RC=0
+  wait "$QPID" || RC=$?
+  QPID=
+  WALL_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
+}
+
+# verdict S LOG: prints the boot's lines and verdict; sets VERDICT and WHY.
+verdict() {
+  local s=$1 log=$2 lines result
   # The serial console ends lines with CR LF and kernel messages may share a line.
   lines="$(tr -d '\r' <"$log" | grep -o 'HIL-[A-Z]* .*' || true)"
   result="$(grep '^HIL-RESULT ' <<<"$lines" | tail -n 1 || true)"
-  grep -E '^HIL-(TIME|CHECK .* ok=0|INFO)' <<<"$lines" | sed 's/^/    /' || true
-  verdict=FAIL
-  if ((rc == 124)); then
-    why="timed out after ${TIMEOUT}s"
+  grep -E '^HIL-(TIME|CHECK .* ok=0|INFO)' <<<"$lines" | grep -v '^HIL-INFO \(status\|health-json\) ' |
+    sed 's/^/    /' || true
+  VERDICT=FAIL
+  if ((RC == 124)); then
+    WHY="timed out after ${TIMEOUT}s"
   elif [[ -z "$result" ]]; then
-    why="no HIL-RESULT line (qemu exit $rc); see the log"
+    WHY="no HIL-RESULT line (qemu exit $RC); see the log"
   elif [[ "$result" == *" ok=1 "* ]]; then
-    verdict=PASS
-    why="${result#HIL-RESULT name=$s ok=1 }"
+    VERDICT=PASS
+    WHY="${result#HIL-RESULT name=$s ok=1 }"
   else
-    why="${result#HIL-RESULT name=$s }"
+    WHY="${result#HIL-RESULT name=$s }"
   fi
-  [[ $verdict == PASS ]] || FAILED=1
-  [[ $verdict == PASS ]] || tail -n 25 "$log" | tr -d '\r' | sed 's/^/    | /'
-  echo "    -> $verdict ($why) wall ${wall_ms} ms"
-  SUMMARY+=("$(printf '%-20s %-5s %7d ms  %s' "$s" "$verdict" "$wall_ms" "$why")")
+  [[ $VERDICT == PASS ]] || tail -n 25 "$log" | tr -d '\r' | sed 's/^/    | /'
+  if [[ $s == otpatchd-* ]]; then
+    python3 "$HIL/tools/console.py" timeline "$log" || true
+  fi
+}
+
+declare -a SUMMARY=()
+FAILED=0
+for s in "$@"; do
+  boots=1
+  [[ $s == otpatchd-reboot ]] && boots=2
+  initrd="$B/initramfs.cpio"
+  disk=
+  if [[ $s == otpatchd-* ]]; then
+    initrd="$B/host/initrd-$s.cpio"
+    host_initrd "$s" "$initrd"
+    # Every scenario starts from a healthy plant.
+    [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
+  fi
+  if ((boots > 1)); then
+    disk="$B/host/state-$s.img"
+    host_disk "$disk"
+  fi
+  for ((boot = 1; boot <= boots; boot++)); do
+    name=$s
+    log="$B/logs/$s.log"
+    if ((boots > 1)); then
+      name="$s#$boot"
+      log="$B/logs/$s-boot$boot.log"
+    fi
+    echo "=== $name (boot bounded to ${TIMEOUT}s; serial log: hil/build/logs/$(basename "$log"))"
+    boot_guest "$s" "$log" "$initrd" "$boot" "$disk"
+    verdict "$s" "$log"
+    [[ $VERDICT == PASS ]] || FAILED=1
+    echo "    -> $VERDICT ($WHY) wall ${WALL_MS} ms"
+    SUMMARY+=("$(printf '%-26s %-5s %7d ms  %s' "$name" "$VERDICT" "$WALL_MS" "$WHY")")
+    [[ $VERDICT == PASS ]] || break # a second boot proves nothing after a failed first
+  done
+  # 45 MB each and made again by every run: the scenario's overlay (host/overlay/) stays for reading.
+  [[ $initrd == "$B/initramfs.cpio" ]] || rm -f "$initrd"
 done
 
 echo "=== summary"

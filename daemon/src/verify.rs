@@ -211,7 +211,13 @@ impl Verifier for BundleVerifier {
             .await
             .map_err(|e| BackendError::new(format!("verification task: {e}")))??;
         self.raise_floor(v.signing_time);
-        Ok(to_engine(&v, &b.path))
+        let out = to_engine(&v, &b.path);
+        if out.kind == PatchKind::Livepatch {
+            // The module must fit the running kernel (vermagic, build-id): refused here, before any apply.
+            let ko = self.extract_payload(&v, &b.path, ".ko", &self.root.state_dir().join("livepatch"))?;
+            crate::livepatch::check_module(&self.root, &ko, v.manifest.build_id.as_deref())?;
+        }
+        Ok(out)
     }
 }
 
@@ -310,10 +316,28 @@ mod tests {
         Setup { dir, verifier }
     }
 
+    /// A relocatable ELF with a livepatch `.modinfo` for `vermagic_release`, as kbuild would make a `.ko`.
+    fn module(dir: &Path, vermagic_release: &str) -> PathBuf {
+        let c = dir.join("fix.c");
+        std::fs::write(
+            &c,
+            format!(
+                "const char modinfo[] __attribute__((section(\".modinfo\"), used)) = \"name=fix\\0livepatch=Y\\0vermagic={vermagic_release} SMP preempt mod_unload \";\n"
+            ),
+        )
+        .unwrap();
+        let ko = dir.join("fix.ko");
+        assert!(std::process::Command::new("cc").arg("-c").arg(&c).arg("-o").arg(&ko).status().unwrap().success());
+        ko
+    }
+
     fn make_bundle(s: &Setup, version: &str, release: &str) -> PathBuf {
+        make_bundle_with(s, version, release, release)
+    }
+
+    fn make_bundle_with(s: &Setup, version: &str, release: &str, vermagic_release: &str) -> PathBuf {
         let r = s.dir.path();
-        let ko = r.join("pki/fix.ko");
-        std::fs::write(&ko, b"\x7fELF pretend module").unwrap();
+        let ko = module(&r.join("pki"), vermagic_release);
         let out = r.join(format!("lp-{version}.otb"));
         bundle::create(
             &bundle::CreateRequest {
@@ -381,7 +405,7 @@ mod tests {
         let v = s.verifier.verify_path(&b, false).unwrap();
         let dest = s.dir.path().join("var/lib/otpatch/livepatch");
         let ko = s.verifier.extract_payload(&v, &b, ".ko", &dest).unwrap();
-        assert_eq!(std::fs::read(&ko).unwrap(), b"\x7fELF pretend module");
+        assert_eq!(std::fs::read(&ko).unwrap(), std::fs::read(s.dir.path().join("pki/fix.ko")).unwrap());
         // The bundle changes on disk after it was verified: the copy no longer matches what was signed.
         std::fs::remove_file(&ko).unwrap();
         let mut bytes = std::fs::read(&b).unwrap();
@@ -392,6 +416,15 @@ mod tests {
         assert!(std::fs::read_dir(&dest).unwrap().next().is_none(), "nothing left behind");
         let e = s.verifier.extract_payload(&v, &b, ".bin", &dest).unwrap_err();
         assert!(e.0.contains("no payload named *.bin"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_module_built_for_another_kernel_fails_verification_before_any_apply() {
+        let s = setup(false);
+        // The manifest says the running release, the module inside was built for another one.
+        let b = make_bundle_with(&s, "1.0.0", "6.1.0-28-amd64", "6.1.0-28-rt-amd64");
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: b, size: 0 }).await.unwrap_err();
+        assert!(e.0.contains("vermagic mismatch"), "{e}");
     }
 
     #[test]

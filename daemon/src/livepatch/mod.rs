@@ -85,6 +85,58 @@ fn read_flag(p: &Path) -> bool {
     std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false)
 }
 
+/// The running kernel's release.
+pub fn running_release(root: &Sysroot) -> BackendResult<String> {
+    let p = root.path("/proc/sys/kernel/osrelease");
+    std::fs::read_to_string(&p)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| BackendError::new(format!("cannot read the running kernel's release ({}): {e}", p.display())))
+}
+
+/// The vermagic of a module of the running kernel (the reference for the flags), if one is found.
+pub fn reference_vermagic(root: &Sysroot, release: &str) -> Option<String> {
+    let base = root.path("/lib/modules").join(release).join("kernel");
+    // Bounded walk: the first .ko found within 2000 entries.
+    let mut stack = vec![base];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.filter_map(Result::ok) {
+            seen += 1;
+            if seen > 2000 {
+                return None;
+            }
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "ko") {
+                if let Ok(info) = ModInfo::read(&p) {
+                    return info.vermagic;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Whether a module may be loaded into the running kernel (livepatch, vermagic, pinned build-id). Used when a
+/// bundle is verified, so that a module for another kernel fails the window before anything is applied, and
+/// again right before loading.
+pub fn check_module(root: &Sysroot, ko: &Path, pinned_build_id: Option<&str>) -> BackendResult<ModInfo> {
+    let info = ModInfo::read(ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
+    let release = running_release(root)?;
+    let reference = reference_vermagic(root, &release);
+    let build_id = match pinned_build_id {
+        Some(_) => Some(
+            modinfo::kernel_build_id(&root.path("/sys/kernel/notes"))
+                .map_err(|e| BackendError::new(format!("cannot read the running kernel's build-id: {e}")))?,
+        ),
+        None => None,
+    };
+    info.check_against(&release, reference.as_deref(), pinned_build_id, build_id.as_deref()).map_err(BackendError)?;
+    Ok(info)
+}
+
 /// How the livepatcher behaves.
 #[derive(Debug, Clone)]
 pub struct LivepatchConfig {
@@ -131,55 +183,9 @@ impl SysfsLivepatcher {
         self.root.path("/sys/kernel/livepatch").join(name)
     }
 
-    /// The running kernel's release.
-    pub fn running_release(&self) -> BackendResult<String> {
-        let p = self.root.path("/proc/sys/kernel/osrelease");
-        std::fs::read_to_string(&p)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| BackendError::new(format!("cannot read the running kernel's release ({}): {e}", p.display())))
-    }
-
-    /// The vermagic of a module of the running kernel (the reference for the flags), if one is found.
-    pub fn reference_vermagic(&self, release: &str) -> Option<String> {
-        let base = self.root.path("/lib/modules").join(release).join("kernel");
-        // Bounded walk: the first .ko found within 2000 entries.
-        let mut stack = vec![base];
-        let mut seen = 0;
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-            for e in rd.filter_map(Result::ok) {
-                seen += 1;
-                if seen > 2000 {
-                    return None;
-                }
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "ko") {
-                    if let Ok(info) = ModInfo::read(&p) {
-                        return info.vermagic;
-                    }
-                }
-            }
-        }
-        None
-    }
-
     /// Checks a module against the running kernel before anything is loaded.
     pub fn check(&self, ko: &Path, pinned_build_id: Option<&str>) -> BackendResult<ModInfo> {
-        let info = ModInfo::read(ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
-        let release = self.running_release()?;
-        let reference = self.reference_vermagic(&release);
-        let pin = pinned_build_id.or(self.config.pinned_build_id.as_deref());
-        let build_id = match pin {
-            Some(_) => Some(
-                modinfo::kernel_build_id(&self.root.path("/sys/kernel/notes"))
-                    .map_err(|e| BackendError::new(format!("cannot read the running kernel's build-id: {e}")))?,
-            ),
-            None => None,
-        };
-        info.check_against(&release, reference.as_deref(), pin, build_id.as_deref()).map_err(BackendError)?;
-        Ok(info)
+        check_module(&self.root, ko, pinned_build_id.or(self.config.pinned_build_id.as_deref()))
     }
 
     /// Waits (bounded) until `cond` holds, polling.

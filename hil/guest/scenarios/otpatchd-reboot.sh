@@ -1,0 +1,48 @@
+# otpatchd-reboot: a committed livepatch survives a reboot. Two boots with the same state disk
+# (/var/lib/otpatch on /dev/vda). Boot 1: a window commits the patch (as otpatchd-happy), the daemon is
+# stopped, the disk unmounted. Boot 2: no window at all; otpatchd finds the patch in committed.json,
+# the kernel does not have it, so it re-verifies and loads it before it is ready: the first answer of
+# `otpatchctl status` already finds it loaded, and the marker comes with the transition.
+. /hil/otpatchd.sh
+
+BOOT=1
+for w in $(cat /proc/cmdline); do
+  case "$w" in otpatch.boot=*) BOOT="${w#otpatch.boot=}" ;; esac
+done
+info "boot $BOOT"
+otp_setup disk
+
+if [ "$BOOT" = 1 ]; then
+  check state-disk-empty sh -c "[ ! -e $STATE_DIR/committed.json ]"
+  otp_start
+  otp_window
+  otp_evidence
+  check watch-exit-0 [ "$WATCH_RC" = 0 ]
+  otp_common_checks
+  check status-committed otp_status_has '"last_outcome":"committed'
+  check marker grep -q 'otpatch.livepatch=v1$' /proc/cmdline
+  check committed-recorded grep -q '"1.0.0"' "$STATE_DIR/committed.json"
+  otp_stop
+  mkdir -p /mnt
+  check state-on-disk sh -c "mount -t ext4 -o ro /dev/vda /mnt && grep -q '1.0.0' /mnt/committed.json; r=\$?; umount /mnt; exit \$r"
+else
+  check committed-survived grep -q '"1.0.0"' "$STATE_DIR/committed.json"
+  check fresh-kernel-no-livepatch sh -c '[ -z "$(ls -A /sys/kernel/livepatch)" ]'
+  check fresh-kernel-no-marker sh -c '! grep -q otpatch.livepatch= /proc/cmdline'
+  _t=$(hil_ms)
+  otp_start
+  # Before READY: loaded by the time the daemon first answers on the bus.
+  check loaded-before-ready test -d "/sys/kernel/livepatch/$LP_NAME"
+  check reapplied-transition wait_for 30000 sysfs_is "/sys/kernel/livepatch/$LP_NAME/transition" 0
+  hil_time start-to-patched "$_t"
+  otp_evidence
+  otp_audit_this_start | while IFS= read -r l; do info "audit since this start: $l"; done
+  check livepatch-enabled sysfs_is "/sys/kernel/livepatch/$LP_NAME/enabled" 1
+  check marker grep -q 'otpatch.livepatch=v1$' /proc/cmdline
+  check cmdline-kept grep -q 'otpatch.boot=2' /proc/cmdline
+  check no-window-ran otp_no_window_this_start
+  check no-segmentation sh -c '! nft list tables | grep -q "table inet otpatch"'
+  check still-committed otp_status_has '"segmentation_active":false'
+  check audit-chain-intact otpatchctl log --verify
+  otp_stop
+fi
