@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use otpatch_common::policy::Direction;
 
 use super::{proto_name, run, Rule, Ruleset};
 use crate::backend::{BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
@@ -145,37 +144,17 @@ fn host(a: &IpAddr) -> String {
     }
 }
 
-/// Match expressions for one rule in one built-in chain (see the nft backend for the reasoning).
+/// The iptables match options of a rule in a built-in chain (see [`super::peer_matches`]).
 fn matches(r: &Rule, builtin: &str) -> Vec<String> {
-    let (a, p, port) = (host(&r.addr), proto_name(r.protocol), r.port);
-    let out_open = [format!("-d {a} -p {p} -m {p} --dport {port}"), format!("-s {a} -p {p} -m {p} --sport {port}")];
-    let in_open = [format!("-s {a} -p {p} -m {p} --dport {port}"), format!("-d {a} -p {p} -m {p} --sport {port}")];
-    let outbound = matches!(r.direction, Direction::Outbound | Direction::Both);
-    let inbound = matches!(r.direction, Direction::Inbound | Direction::Both);
-    let mut v = Vec::new();
-    match builtin {
-        "OUTPUT" => {
-            if outbound {
-                v.push(out_open[0].clone());
-            }
-            if inbound {
-                v.push(in_open[1].clone());
-            }
-        }
-        "INPUT" => {
-            if outbound {
-                v.push(out_open[1].clone());
-            }
-            if inbound {
-                v.push(in_open[0].clone());
-            }
-        }
-        _ => {
-            v.push(out_open[0].clone());
-            v.push(out_open[1].clone());
-        }
-    }
-    v
+    let (a, p) = (host(&r.addr), proto_name(r.protocol));
+    super::peer_matches(r, &builtin.to_lowercase())
+        .into_iter()
+        .map(|m| {
+            let addr = if m.peer_is_destination { "-d" } else { "-s" };
+            let port = if m.port_is_destination { "--dport" } else { "--sport" };
+            format!("{addr} {a} -p {p} -m {p} {port} {}", r.port)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -224,7 +203,7 @@ impl Firewall for IptablesFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpatch_common::policy::Protocol;
+    use otpatch_common::policy::{Direction, Protocol};
 
     fn rs() -> Ruleset {
         Ruleset {

@@ -100,6 +100,49 @@ impl Ruleset {
     }
 }
 
+/// One match of a rule in a chain: whether the peer is the packet's destination (else its source), and whether
+/// the rule's port is the destination port (else the source port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeerMatch {
+    pub peer_is_destination: bool,
+    pub port_is_destination: bool,
+}
+
+/// The matches a rule needs in a chain (`input`, `output` or `forward`). The direction of the connection decides
+/// which side's port is the service port; both directions of each connection are allowed by address and port, so
+/// that traffic of a connection conntrack has never seen (opened before the window) still passes.
+pub(crate) fn peer_matches(r: &Rule, chain: &str) -> Vec<PeerMatch> {
+    let m = |peer_is_destination, port_is_destination| PeerMatch { peer_is_destination, port_is_destination };
+    // Gateway opens: gateway -> peer:port (out), replies peer:port -> gateway (in).
+    let (out_request, out_reply) = (m(true, true), m(false, false));
+    // Peer opens: peer -> gateway:port (in), replies gateway:port -> peer (out).
+    let (in_request, in_reply) = (m(false, true), m(true, false));
+    let outbound = matches!(r.direction, Direction::Outbound | Direction::Both);
+    let inbound = matches!(r.direction, Direction::Inbound | Direction::Both);
+    let mut v = Vec::new();
+    match chain {
+        "output" => {
+            if outbound {
+                v.push(out_request);
+            }
+            if inbound {
+                v.push(in_reply);
+            }
+        }
+        "input" => {
+            if outbound {
+                v.push(out_reply);
+            }
+            if inbound {
+                v.push(in_request);
+            }
+        }
+        // Routed OT traffic to or from the peer, either way.
+        _ => v.extend([out_request, out_reply]),
+    }
+    v
+}
+
 fn dedup(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
     v.sort();
     v.dedup();

@@ -9,7 +9,6 @@ use async_trait::async_trait;
 
 use super::{proto_name, run, Rule, Ruleset, TABLE};
 use crate::backend::{BackendError, BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
-use otpatch_common::policy::Direction;
 
 /// Drives `nft` (or an argv prefix such as `ip netns exec gw nft`).
 #[derive(Debug, Clone)]
@@ -108,44 +107,17 @@ fn family(a: &IpAddr) -> &'static str {
     }
 }
 
-/// The match expressions a rule needs in a chain: the direction of the connection decides which side's port
-/// is the service port; both directions of each connection are allowed by address and port, so that traffic of
-/// a connection conntrack has never seen (opened before the window) still passes.
+/// The nft match expressions of a rule in a chain (see [`super::peer_matches`]).
 fn rule_lines(r: &Rule, chain: &str) -> Vec<String> {
-    let f = family(&r.addr);
-    let p = proto_name(r.protocol);
-    let (a, port) = (r.addr, r.port);
-    // Gateway opens: gateway -> peer:port, replies peer:port -> gateway.
-    let out_open = [format!("{f} daddr {a} {p} dport {port}"), format!("{f} saddr {a} {p} sport {port}")];
-    // Peer opens: peer -> gateway:port, replies gateway:port -> peer.
-    let in_open = [format!("{f} saddr {a} {p} dport {port}"), format!("{f} daddr {a} {p} sport {port}")];
-    let outbound = matches!(r.direction, Direction::Outbound | Direction::Both);
-    let inbound = matches!(r.direction, Direction::Inbound | Direction::Both);
-    let mut v = Vec::new();
-    match chain {
-        "output" => {
-            if outbound {
-                v.push(out_open[0].clone());
-            }
-            if inbound {
-                v.push(in_open[1].clone());
-            }
-        }
-        "input" => {
-            if outbound {
-                v.push(out_open[1].clone());
-            }
-            if inbound {
-                v.push(in_open[0].clone());
-            }
-        }
-        _ => {
-            // Routed OT traffic to or from the peer, either way.
-            v.push(out_open[0].clone());
-            v.push(out_open[1].clone());
-        }
-    }
-    v
+    let (f, p) = (family(&r.addr), proto_name(r.protocol));
+    super::peer_matches(r, chain)
+        .into_iter()
+        .map(|m| {
+            let addr = if m.peer_is_destination { "daddr" } else { "saddr" };
+            let port = if m.port_is_destination { "dport" } else { "sport" };
+            format!("{f} {addr} {} {p} {port} {}", r.addr, r.port)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -175,7 +147,7 @@ impl Firewall for NftFirewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use otpatch_common::policy::Protocol;
+    use otpatch_common::policy::{Direction, Protocol};
 
     fn rs() -> Ruleset {
         Ruleset {
