@@ -143,6 +143,12 @@ pub trait HealthMonitor: Send + Sync {
     async fn baseline(&self) -> BackendResult<()>;
     /// Watches the probes for `period`; returns early with `Failed` when a critical probe trips.
     async fn observe(&self, period: Duration) -> Verdict;
+    /// Keeps reading (and recording) the probes outside the observation period — while the change goes in and
+    /// while it comes out — until [`stop_watch`](Self::stop_watch), so the plant is never unwatched during a
+    /// window. Idempotent. `observe` pauses it for its own period.
+    async fn start_watch(&self) {}
+    /// Stops what [`start_watch`](Self::start_watch) started. Idempotent.
+    async fn stop_watch(&self) {}
     /// The live per-probe table (last value, last error, consecutive failures...), for `otpatchctl health`.
     /// Backends without probes have none.
     fn probes(&self) -> Vec<otpatch_common::api::ProbeReport> {

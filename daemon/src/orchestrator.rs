@@ -448,6 +448,8 @@ impl Orchestrator {
 
     async fn shutdown(&mut self) {
         self.inflight = None;
+        let health = self.backends.health.clone();
+        health.stop_watch().await;
         self.segmented = false;
         // Segmentation never outlives the daemon: on restart, recovery segments again if the window is open.
         match self.backends.firewall.lift().await {
@@ -462,6 +464,29 @@ impl Orchestrator {
             }
             Ok(_) => self.audit_log("shutdown", None, None, serde_json::json!({"lifted": false})),
             Err(e) => error!(error = %e, "could not lift segmentation on shutdown"),
+        }
+    }
+
+    /// The probes keep being read from the baseline on, while the change goes in and while it comes out (the
+    /// observation reads them itself); they stop when the window is decided.
+    async fn sync_health_watch(&mut self) {
+        let watch = matches!(
+            self.state,
+            State::Armed { .. }
+                | State::Segmented { .. }
+                | State::Fetched { .. }
+                | State::Verified { .. }
+                | State::Checkpointed { .. }
+                | State::Applying { .. }
+                | State::RollingBack { .. }
+        );
+        let observing = matches!(self.state, State::Observing { .. });
+        // Not borrowing self across the await: the orchestrator's future must stay Send.
+        let health = self.backends.health.clone();
+        if watch {
+            health.start_watch().await;
+        } else if !observing {
+            health.stop_watch().await;
         }
     }
 
@@ -524,6 +549,7 @@ impl Orchestrator {
             self.note_event(&ev);
             if next != self.state {
                 self.enter(next, ev.name());
+                self.sync_health_watch().await;
             }
             pending = self.run_actions(actions).await;
         }

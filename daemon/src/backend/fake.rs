@@ -98,6 +98,9 @@ impl FakeScript {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorldState {
     pub segmentation_active: bool,
+    /// Whether the health probes are being watched outside an observation.
+    #[serde(default)]
+    pub health_watch: bool,
     /// Versions of patches in place.
     pub applied: Vec<String>,
     /// Versions made permanent.
@@ -276,6 +279,18 @@ impl HealthMonitor for FakeWorld {
         Ok(())
     }
 
+    async fn start_watch(&self) {
+        if !self.snapshot().health_watch {
+            self.record("health.watch".into(), |w| w.health_watch = true);
+        }
+    }
+
+    async fn stop_watch(&self) {
+        if self.snapshot().health_watch {
+            self.record("health.unwatch".into(), |w| w.health_watch = false);
+        }
+    }
+
     fn probes(&self) -> Vec<otpatch_common::api::ProbeReport> {
         let observed = self.snapshot().counts.get("health.observe").copied().unwrap_or(0) > 0;
         let failing = observed && self.script.health == FakeHealth::Fail;
@@ -295,8 +310,10 @@ impl HealthMonitor for FakeWorld {
     }
 
     async fn observe(&self, period: Duration) -> Verdict {
-        self.record("health.observe".into(), |_| {});
-        match self.script.health {
+        // Like the real monitor: the observation pauses the watch and resumes it when it is over.
+        let was_watching = self.snapshot().health_watch;
+        self.record("health.observe".into(), |w| w.health_watch = false);
+        let verdict = match self.script.health {
             FakeHealth::Healthy => {
                 tokio::time::sleep(period).await;
                 Verdict::Healthy
@@ -309,7 +326,11 @@ impl HealthMonitor for FakeWorld {
                 tokio::time::sleep(self.script.health_fail_after.min(period)).await;
                 Verdict::Failed("critical probe fake-critical tripped: value 0 below min 50".into())
             }
+        };
+        if was_watching {
+            self.start_watch().await;
         }
+        verdict
     }
 }
 

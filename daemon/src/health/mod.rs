@@ -50,6 +50,8 @@ impl std::fmt::Debug for ModbusHealth {
 
 struct Inner {
     slots: Vec<Slot>,
+    /// The probe tasks of `start_watch`, running outside observations.
+    watch: Mutex<Option<JoinSet<()>>>,
 }
 
 /// One probe, its link and its state.
@@ -133,7 +135,7 @@ impl ModbusHealth {
                 log: Mutex::new(LogLimit::default()),
             });
         }
-        ModbusHealth { inner: Arc::new(Inner { slots }) }
+        ModbusHealth { inner: Arc::new(Inner { slots, watch: Mutex::new(None) }) }
     }
 
     /// The live per-probe table, in policy order (sorted by name).
@@ -212,7 +214,47 @@ impl HealthMonitor for ModbusHealth {
         Err(BackendError::new(format!("cannot read {} for the baseline: {}", plural(list.len()), list.join("; "))))
     }
 
+    async fn start_watch(&self) {
+        let mut watch = self.inner.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if watch.is_some() || self.inner.slots.is_empty() {
+            return;
+        }
+        // Trips found while watching are not acted on here: they are in the table, and the observation
+        // (started right after the apply) trips again on a value that stays bad.
+        let (trips, _ignored) = mpsc::unbounded_channel::<usize>();
+        let far = Instant::now() + Duration::from_secs(7 * 86_400);
+        let mut tasks = JoinSet::new();
+        for i in 0..self.inner.slots.len() {
+            tasks.spawn(run_probe(self.inner.clone(), i, far, trips.clone()));
+        }
+        *watch = Some(tasks);
+    }
+
+    async fn stop_watch(&self) {
+        let tasks = self.inner.watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut t) = tasks {
+            t.abort_all();
+        }
+    }
+
     async fn observe(&self, period: Duration) -> Verdict {
+        // One reader per probe at a time: the observation's own tasks replace the watch for its period.
+        let was_watching = self.inner.watch.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        self.stop_watch().await;
+        let verdict = self.observe_period(period).await;
+        if was_watching {
+            self.start_watch().await;
+        }
+        verdict
+    }
+
+    fn probes(&self) -> Vec<ProbeReport> {
+        self.probe_table()
+    }
+}
+
+impl ModbusHealth {
+    async fn observe_period(&self, period: Duration) -> Verdict {
         let started = Instant::now();
         let deadline = started + period;
         for slot in &self.inner.slots {
@@ -241,12 +283,6 @@ impl HealthMonitor for ModbusHealth {
         self.verdict()
     }
 
-    fn probes(&self) -> Vec<ProbeReport> {
-        self.probe_table()
-    }
-}
-
-impl ModbusHealth {
     /// The verdict from the probes' trips: critical ones fail, advisory ones degrade.
     fn verdict(&self) -> Verdict {
         let (mut critical, mut advisory) = (Vec::new(), Vec::new());

@@ -315,3 +315,28 @@ async fn no_probes_observe_the_period_and_are_healthy() {
     assert_eq!(t.elapsed(), Duration::from_secs(5));
     assert!(h.probes().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_watch_keeps_reading_outside_observations_and_pauses_for_them() {
+    let plc = FakePlc::new();
+    plc.set(0, 50);
+    let h = monitor(vec![range_probe("temp", 1, 0, 90.0)], &HashMap::from([(1, plc.clone())]));
+    h.baseline().await.unwrap();
+    let reads = |h: &ModbusHealth| row(&h.probe_table(), "temp").reads;
+    assert_eq!(reads(&h), 1);
+    // While the change goes in: read every second (the first at once).
+    h.start_watch().await;
+    h.start_watch().await; // idempotent: still one reader
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(reads(&h), 1 + 5);
+    // The observation takes over (no second reader), then the watch resumes.
+    assert_eq!(h.observe(Duration::from_secs(3)).await, Verdict::Healthy);
+    let after_observe = reads(&h);
+    assert_eq!(after_observe, 6 + 3, "three reads in the observation, no doubled reader");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(reads(&h) >= after_observe + 2, "watch resumed after the observation");
+    h.stop_watch().await;
+    let stopped = reads(&h);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(reads(&h), stopped, "no reads after stop_watch");
+}

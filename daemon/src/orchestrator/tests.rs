@@ -181,6 +181,11 @@ async fn happy_path_commits_and_lifts() {
     assert!(pos("verify") < pos("checkpoint.dump"));
     assert!(pos("checkpoint.dump") < pos("livepatch.apply"));
     assert!(pos("livepatch.apply") < pos("livepatch.commit"));
+    // The plant is watched from the baseline through the apply; observation takes over, then it stops.
+    assert!(pos("health.baseline") < pos("health.watch"));
+    assert!(pos("health.watch") < pos("firewall.apply"));
+    assert!(pos("health.watch") < pos("livepatch.apply"));
+    assert!(!w.health_watch, "not watched after the window");
     assert_eq!(order.last(), Some(&"firewall.lift"));
     let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
     assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
@@ -242,6 +247,12 @@ async fn health_failure_rolls_back_and_restores() {
     assert!(w.committed.is_empty());
     assert_eq!(w.restored, vec!["ckpt-w-20261201-0010"]);
     assert!(w.checkpoints.contains(&"ckpt-w-20261201-0010".to_string()), "images kept for diagnosis");
+    // Watched again while the change comes out, then no more.
+    let observe = w.calls.iter().position(|c| c == "health.observe").unwrap();
+    let rewatch = w.calls.iter().rposition(|c| c == "health.watch").unwrap();
+    let revert = w.calls.iter().position(|c| c.starts_with("livepatch.revert")).unwrap();
+    assert!(observe < rewatch && rewatch < revert, "{:?}", w.calls);
+    assert!(!w.health_watch);
     assert!(!w.segmentation_active);
     r.stop().await;
 }
