@@ -104,12 +104,13 @@ impl Topology {
         rx.recv_timeout(Duration::from_secs(5)).unwrap();
     }
 
-    /// Whether a TCP connection from `which` to `to` gets through and echoes.
+    /// Whether a TCP connection from `which` to `to` gets through and echoes (2 s bounds: a blocked attempt waits
+    /// them out, an allowed one on a loaded CI machine must not be mistaken for a blocked one).
     fn reaches(&self, which: &str, to: &str) -> bool {
         let to: SocketAddr = to.parse().unwrap();
         self.run_in(which, move || {
-            let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_millis(700)) else { return false };
-            c.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+            let Ok(mut c) = TcpStream::connect_timeout(&to, Duration::from_millis(2000)) else { return false };
+            c.set_read_timeout(Some(Duration::from_millis(2000))).unwrap();
             let mut buf = [0u8; 4];
             c.write_all(b"ping").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"ping"
         })
