@@ -129,7 +129,7 @@ impl BundleVerifier {
         let offset = v.payload_offsets[i];
         std::fs::create_dir_all(dest_dir).map_err(|e| BackendError::new(format!("{}: {e}", dest_dir.display())))?;
         let dest = dest_dir.join(format!("{}-{}", &v.digest[..16.min(v.digest.len())], sanitize(&p.name)));
-        if dest.exists() && sha256_of(&dest).ok().as_deref() == Some(p.sha256.as_str()) {
+        if dest.exists() && crate::fsutil::sha256_file(&dest).ok().as_deref() == Some(p.sha256.as_str()) {
             return Ok(dest);
         }
         use std::io::{Read, Seek, SeekFrom, Write};
@@ -168,20 +168,6 @@ impl BundleVerifier {
 
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
-}
-
-fn sha256_of(p: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }
 
 /// The engine's view of a verified bundle.

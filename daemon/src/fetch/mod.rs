@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
+use otpatch_common::bundle::compare_versions;
 use otpatch_common::policy::PatchServer;
 use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -195,7 +195,11 @@ impl Channel {
         if !done {
             return Err(BackendError::new(format!("{file}: gave up after {} attempts: {last}", self.limits.attempts)));
         }
-        let got = sha256_file(&part).await?;
+        let p = part.clone();
+        let got = tokio::task::spawn_blocking(move || crate::fsutil::sha256_file(&p))
+            .await
+            .map_err(|e| BackendError::new(format!("hashing {}: {e}", part.display())))?
+            .map_err(|e| BackendError::new(format!("{}: {e}", part.display())))?;
         if !got.eq_ignore_ascii_case(sha256) {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(BackendError::new(format!(
@@ -324,21 +328,6 @@ fn tls_error(host: &str, e: std::io::Error) -> (bool, BackendError) {
     transient(format!("TLS with {host}: {text}"))
 }
 
-/// SHA-256 of a file, read in 64 KiB pieces.
-pub async fn sha256_file(path: &Path) -> BackendResult<String> {
-    let mut f = tokio::fs::File::open(path).await.map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf).await.map_err(|e| BackendError::new(format!("{}: {e}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// The signed index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,35 +391,14 @@ impl Index {
         Ok(idx)
     }
 
-    /// The newest bundle for `compatible` that is newer than `installed`.
+    /// The newest bundle for `compatible` that is newer than `installed` (versions compared as the verifier's
+    /// anti-rollback compares them).
     pub fn pick(&self, compatible: &str, installed: Option<&str>) -> Option<&IndexEntry> {
         self.bundles
             .iter()
             .filter(|b| b.compatible == compatible)
             .filter(|b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
             .max_by(|a, b| compare_versions(&a.version, &b.version))
-    }
-}
-
-/// Dotted numeric versions (`1.10.2` > `1.9`); a non-numeric part compares as text.
-pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let mut x = a.split(['.', '-', '+']);
-    let mut y = b.split(['.', '-', '+']);
-    loop {
-        match (x.next(), y.next()) {
-            (None, None) => return std::cmp::Ordering::Equal,
-            (Some(_), None) => return std::cmp::Ordering::Greater,
-            (None, Some(_)) => return std::cmp::Ordering::Less,
-            (Some(p), Some(q)) => {
-                let o = match (p.parse::<u64>(), q.parse::<u64>()) {
-                    (Ok(m), Ok(n)) => m.cmp(&n),
-                    _ => p.cmp(q),
-                };
-                if o.is_ne() {
-                    return o;
-                }
-            }
-        }
     }
 }
 
@@ -514,14 +482,6 @@ mod tests {
             ]
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn versions_compare_numerically() {
-        use std::cmp::Ordering::*;
-        assert_eq!(compare_versions("1.10", "1.9"), Greater);
-        assert_eq!(compare_versions("1.0", "1.0.1"), Less);
-        assert_eq!(compare_versions("2.0.0", "2.0.0"), Equal);
     }
 
     #[test]
