@@ -144,3 +144,14 @@ otp_common_checks() {
   check status-not-segmented otp_status_has '"segmentation_active":false'
   check audit-chain-intact otpatchctl log --verify
 }
+
+# The checks of a window whose bundle is refused: it fails (watch exits 10) and nothing ever reaches the kernel.
+otp_refused_checks() {
+  check watch-exit-10 [ "$WATCH_RC" = 10 ]
+  otp_common_checks
+  check status-failed otp_status_has '"last_outcome":"failed'
+  check never-loaded otp_not_seen 'lp=1'
+  check livepatch-empty sh -c '[ -z "$(ls -A /sys/kernel/livepatch)" ]'
+  check module-not-loaded module_unloaded $LP_NAME
+  check no-marker sh -c '! grep -q otpatch.livepatch= /proc/cmdline'
+}
