@@ -28,6 +28,8 @@ pub mod exit {
     pub const WAIT_TIMEOUT: u8 = 11;
     /// `bundle inspect`: the policy would refuse the bundle; `bundle create`: the inputs were refused.
     pub const BUNDLE_REFUSED: u8 = 12;
+    /// `watch`: an A/B update was installed into the inactive slot; it runs after a reboot (not allowed in the window).
+    pub const REBOOT_PENDING: u8 = 13;
     /// Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
     pub const INTERRUPTED: u8 = 130;
 }

@@ -26,7 +26,8 @@ use crate::client::{parse_status, Client};
 use crate::error::{exit, names, CtlError};
 use crate::{out, render};
 
-/// The exit code for a window outcome: 0 committed or up-to-date, 9 rolled back, 10 failed, 1 anything else.
+/// The exit code for a window outcome: 0 committed or up-to-date, 9 rolled back, 10 failed, 13 installed with the
+/// reboot pending, 1 anything else.
 pub fn outcome_code(outcome: &str) -> u8 {
     let o = outcome.trim_start();
     if o.starts_with("committed") || o.starts_with("up-to-date") {
@@ -35,6 +36,8 @@ pub fn outcome_code(outcome: &str) -> u8 {
         exit::ROLLED_BACK
     } else if o.starts_with("failed") {
         exit::WINDOW_FAILED
+    } else if o.starts_with("installed") && o.ends_with("reboot pending") {
+        exit::REBOOT_PENDING
     } else {
         exit::FAILURE
     }
@@ -365,6 +368,7 @@ mod tests {
         assert_eq!(outcome_code("committed: livepatch 4.2"), 0);
         assert_eq!(outcome_code("up-to-date"), 0);
         assert_eq!(outcome_code("rolled-back: probe boiler-temp out of range"), 9);
+        assert_eq!(outcome_code("installed 2.1.0 into slot B, reboot pending"), 13);
         assert_eq!(outcome_code("failed: signature expired"), 10);
         assert_eq!(outcome_code("cancelled"), 1);
         assert_eq!(outcome_code(""), 1);

@@ -112,11 +112,21 @@ pub trait Checkpointer: Send + Sync {
     async fn discard(&self, checkpoint: &CheckpointRef) -> BackendResult<()>;
 }
 
+/// Where an apply left the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// In place and running (a livepatch after its transition).
+    InPlace,
+    /// Written to the inactive slot (named by its boot name); it runs after a reboot into it.
+    Installed { slot: String },
+}
+
 /// Applies a change and takes it back: the livepatch path and the A/B (RAUC) path each implement it.
 #[async_trait]
 pub trait Patcher: Send + Sync {
-    /// Applies; returns once the change is fully in place (e.g. the livepatch transition finished).
-    async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()>;
+    /// Applies for the window `window` (its id; "boot" when a committed change is put back at start); returns
+    /// once the change is fully in place (e.g. the livepatch transition finished) or installed for a reboot.
+    async fn apply(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied>;
     /// Takes the change out. A no-op when it is not in place.
     async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
     /// Makes a change that passed observation permanent (re-applied at boot, slot marked good).
@@ -125,6 +135,19 @@ pub trait Patcher: Send + Sync {
     async fn is_applied(&self, _bundle: &VerifiedBundle) -> BackendResult<bool> {
         Ok(false)
     }
+    /// The boot name of the slot the system runs from (A/B updaters only).
+    async fn booted_slot(&self) -> BackendResult<String> {
+        Err(BackendError::new("this patcher has no slots"))
+    }
+}
+
+/// Reboots the gateway and tells boots apart.
+#[async_trait]
+pub trait Rebooter: Send + Sync {
+    /// Asks for a reboot (through systemd, which stops the services first). Returns once it was accepted.
+    async fn reboot(&self, why: &str) -> BackendResult<()>;
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): it changes with every boot.
+    fn boot_id(&self) -> BackendResult<String>;
 }
 
 /// The plant's verdict after a change.
@@ -225,6 +248,7 @@ pub struct Backends {
     pub checkpointer: Arc<dyn Checkpointer>,
     pub livepatcher: Arc<dyn Patcher>,
     pub ab_updater: Arc<dyn Patcher>,
+    pub rebooter: Arc<dyn Rebooter>,
     pub health: Arc<dyn HealthMonitor>,
     pub clock: Arc<dyn Clock>,
 }

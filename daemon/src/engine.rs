@@ -10,6 +10,11 @@
 //! `Scheduled -> Arming -> Armed -> Segmented -> Fetched -> Verified -> Checkpointed -> Applying -> Observing ->
 //! Committed | RollingBack -> RolledBack | Failed | UpToDate`, and always `-> Closed` once segmentation is lifted.
 //!
+//! The A/B path (a RAUC bundle) leaves `Applying` once the bundle is in the inactive slot: with reboots allowed it
+//! goes to `Rebooting` (the journal says the reboot is expected; after it, [`Engine::recover`] asks which slot
+//! booted and moves on to `Observing` on the new slot, or to `RollingBack` when the bootloader fell back), without
+//! them to `Staged` (installed, reboot pending) and the window ends there.
+//!
 //! Rules the property tests hold it to: nothing is applied that was not verified in this window; every window
 //! that was segmented ends lifted; once a change may have been applied (from `Checkpointed` on), every failure,
 //! deadline, cancel or operator rollback goes through `RollingBack`, which reverts the change and restores the
@@ -101,6 +106,8 @@ pub enum Reason {
     Interrupted,
     /// The rollback itself failed: the gateway needs attention.
     RollbackFailed(String),
+    /// The gateway came back from the update's reboot on the old slot (the bootloader fell back).
+    BootFallback(String),
 }
 
 impl fmt::Display for Reason {
@@ -119,6 +126,7 @@ impl fmt::Display for Reason {
             Reason::OperatorRollback(uid) => write!(f, "rollback requested by uid {uid}"),
             Reason::Interrupted => f.write_str("daemon restarted while the change was in place"),
             Reason::RollbackFailed(m) => write!(f, "rollback failed: {m}"),
+            Reason::BootFallback(slot) => write!(f, "the gateway came back on slot {slot}, not the updated one"),
         }
     }
 }
@@ -127,16 +135,28 @@ impl fmt::Display for Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "outcome")]
 pub enum Outcome {
-    Committed { version: String },
+    Committed {
+        version: String,
+    },
+    /// An A/B update in the inactive slot, waiting for a reboot the policy did not allow in the window.
+    Staged {
+        version: String,
+        slot: String,
+    },
     UpToDate,
-    RolledBack { reason: Reason },
-    Failed { reason: Reason },
+    RolledBack {
+        reason: Reason,
+    },
+    Failed {
+        reason: Reason,
+    },
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Committed { version } => write!(f, "committed {version}"),
+            Outcome::Staged { version, slot } => write!(f, "installed {version} into slot {slot}, reboot pending"),
             Outcome::UpToDate => f.write_str("up-to-date"),
             Outcome::RolledBack { reason } => write!(f, "rolled-back: {reason}"),
             Outcome::Failed { reason } => write!(f, "failed: {reason}"),
@@ -166,6 +186,10 @@ pub enum State {
     Checkpointed { window: WindowCtx, bundle: VerifiedBundle, checkpoint: CheckpointRef },
     /// The change is going in (module loading / transition, slot install).
     Applying { window: WindowCtx, bundle: VerifiedBundle, checkpoint: CheckpointRef },
+    /// An A/B update is in the inactive slot `slot`; the reboot into it was asked for during boot `boot_id`.
+    Rebooting { window: WindowCtx, bundle: VerifiedBundle, checkpoint: CheckpointRef, slot: String, boot_id: String },
+    /// An A/B update is in the inactive slot and the policy allows no reboot: segmentation is being lifted.
+    Staged { window: WindowCtx, bundle: VerifiedBundle, checkpoint: CheckpointRef, slot: String },
     /// Applied; health is observed for the policy's observation period.
     Observing { window: WindowCtx, bundle: VerifiedBundle, checkpoint: CheckpointRef },
     /// The change stays; segmentation is being lifted.
@@ -224,6 +248,19 @@ pub enum Event {
     },
     ApplyStarted,
     Applied,
+    /// An A/B update went into the inactive slot `slot` during boot `boot_id`; it runs after a reboot.
+    Installed {
+        slot: String,
+        boot_id: String,
+    },
+    RebootFailed {
+        error: String,
+    },
+    /// After a restart in `Rebooting`: the slot the gateway runs from and the current boot.
+    Booted {
+        slot: String,
+        boot_id: String,
+    },
     ApplyFailed {
         error: String,
     },
@@ -267,8 +304,12 @@ pub enum Action {
     Verify { bundle: BundleRef },
     /// Yields CheckpointTaken / CheckpointFailed.
     Checkpoint { window: WindowCtx },
-    /// Yields ApplyStarted, then (fed by the orchestrator) Applied / ApplyFailed.
-    Apply { bundle: VerifiedBundle },
+    /// Yields ApplyStarted, then (fed by the orchestrator) Applied / Installed / ApplyFailed.
+    Apply { window: WindowCtx, bundle: VerifiedBundle },
+    /// Asks for the reboot into `slot` (through systemd). Yields RebootFailed, or nothing: the system goes down.
+    Reboot { slot: String },
+    /// After a restart in `Rebooting`: yields Booted with the slot the gateway runs from and the boot id.
+    ConfirmBoot { slot: String, boot_id: String },
     /// Yields Healthy / Degraded / HealthFailed after the observation period (or sooner on failure).
     Observe { window: WindowCtx },
     /// Yields RolledBack / RollbackFailed. Reverts the change (a no-op if it is not in place), then restores the
@@ -299,6 +340,8 @@ impl Action {
             Action::Verify { .. } => "verify",
             Action::Checkpoint { .. } => "checkpoint",
             Action::Apply { .. } => "apply",
+            Action::Reboot { .. } => "reboot",
+            Action::ConfirmBoot { .. } => "confirm-boot",
             Action::Observe { .. } => "observe",
             Action::Rollback { .. } => "rollback",
             Action::Lift => "lift",
@@ -322,6 +365,8 @@ pub struct IllegalEvent {
 pub struct EngineConfig {
     /// Roll back when health is only degraded (advisory probes failing).
     pub rollback_on_degraded: bool,
+    /// Reboot into an installed A/B slot inside the window (otherwise the update is staged).
+    pub allow_reboot: bool,
 }
 
 /// The state machine. Holds only configuration; the state is passed in and out.
@@ -343,6 +388,8 @@ impl State {
             State::Verified { .. } => "verified",
             State::Checkpointed { .. } => "checkpointed",
             State::Applying { .. } => "applying",
+            State::Rebooting { .. } => "rebooting",
+            State::Staged { .. } => "staged",
             State::Observing { .. } => "observing",
             State::Committed { .. } => "committed",
             State::UpToDate { .. } => "up-to-date",
@@ -365,6 +412,8 @@ impl State {
             | State::Verified { window, .. }
             | State::Checkpointed { window, .. }
             | State::Applying { window, .. }
+            | State::Rebooting { window, .. }
+            | State::Staged { window, .. }
             | State::Observing { window, .. }
             | State::Committed { window, .. }
             | State::UpToDate { window }
@@ -391,13 +440,17 @@ impl State {
                 | State::Verified { .. }
                 | State::Checkpointed { .. }
                 | State::Applying { .. }
+                | State::Rebooting { .. }
                 | State::Observing { .. }
         )
     }
 
     /// Whether the change may be in place and not yet committed.
     pub fn change_pending(&self) -> bool {
-        matches!(self, State::Checkpointed { .. } | State::Applying { .. } | State::Observing { .. })
+        matches!(
+            self,
+            State::Checkpointed { .. } | State::Applying { .. } | State::Rebooting { .. } | State::Observing { .. }
+        )
     }
 
     /// What the daemon is doing in this state, for the `Progress` property.
@@ -412,6 +465,8 @@ impl State {
             State::Verified { .. } => "checkpointing critical processes",
             State::Checkpointed { .. } => "starting the apply",
             State::Applying { .. } => "applying the change",
+            State::Rebooting { .. } => "rebooting into the updated slot",
+            State::Staged { .. } => "installed, reboot pending; lifting segmentation",
             State::Observing { .. } => "observing plant health",
             State::Committed { .. } => "committed; lifting segmentation",
             State::UpToDate { .. } => "nothing newer; lifting segmentation",
@@ -433,8 +488,13 @@ impl State {
             State::Verified { .. } => 45,
             State::Checkpointed { .. } => 55,
             State::Applying { .. } => 65,
+            State::Rebooting { .. } => 70,
             State::Observing { .. } => 75,
-            State::Committed { .. } | State::UpToDate { .. } | State::RolledBack { .. } | State::Failed { .. } => 95,
+            State::Committed { .. }
+            | State::Staged { .. }
+            | State::UpToDate { .. }
+            | State::RolledBack { .. }
+            | State::Failed { .. } => 95,
             State::RollingBack { .. } => 85,
             State::Closed { .. } => 100,
         }
@@ -461,6 +521,9 @@ impl Event {
             Event::CheckpointFailed { .. } => "checkpoint-failed",
             Event::ApplyStarted => "apply-started",
             Event::Applied => "applied",
+            Event::Installed { .. } => "installed",
+            Event::RebootFailed { .. } => "reboot-failed",
+            Event::Booted { .. } => "booted",
             Event::ApplyFailed { .. } => "apply-failed",
             Event::Healthy => "healthy",
             Event::Degraded { .. } => "degraded",
@@ -504,9 +567,15 @@ impl Engine {
             State::Segmented { window } => vec![Action::Fetch { window: window.clone() }],
             State::Fetched { bundle, .. } => vec![Action::Verify { bundle: bundle.clone() }],
             State::Verified { window, .. } => vec![Action::Checkpoint { window: window.clone() }],
-            State::Checkpointed { bundle, .. } => vec![Action::Apply { bundle: bundle.clone() }],
+            State::Checkpointed { window, bundle, .. } => {
+                vec![Action::Apply { window: window.clone(), bundle: bundle.clone() }]
+            }
             // Applying waits for `Applied` from the apply already under way.
             State::Applying { .. } => Vec::new(),
+            State::Rebooting { slot, .. } => vec![Action::Reboot { slot: slot.clone() }],
+            State::Staged { checkpoint, .. } => {
+                vec![Action::DiscardCheckpoint { checkpoint: checkpoint.clone() }, Action::Lift]
+            }
             State::Observing { window, .. } => vec![Action::Observe { window: window.clone() }],
             State::Committed { bundle, checkpoint, .. } => vec![
                 Action::Commit { bundle: bundle.clone() },
@@ -558,6 +627,10 @@ impl Engine {
                     Self::expired(window)
                 }
             }
+            // The reboot the journal expected (or a restart before it): which slot runs decides.
+            State::Rebooting { slot, boot_id, .. } => {
+                (state.clone(), vec![Action::ConfirmBoot { slot: slot.clone(), boot_id: boot_id.clone() }])
+            }
             State::Checkpointed { window, bundle, checkpoint }
             | State::Applying { window, bundle, checkpoint }
             | State::Observing { window, bundle, checkpoint } => {
@@ -571,6 +644,7 @@ impl Engine {
                 (next, actions)
             }
             State::Committed { .. }
+            | State::Staged { .. }
             | State::UpToDate { .. }
             | State::RollingBack { .. }
             | State::RolledBack { .. }
@@ -641,6 +715,37 @@ impl Engine {
             (S::Applying { window, bundle, checkpoint }, E::Applied) => {
                 S::Observing { window: window.clone(), bundle: bundle.clone(), checkpoint: checkpoint.clone() }
             }
+            (S::Applying { window, bundle, checkpoint }, E::Installed { slot, boot_id }) => {
+                if self.config.allow_reboot {
+                    S::Rebooting {
+                        window: window.clone(),
+                        bundle: bundle.clone(),
+                        checkpoint: checkpoint.clone(),
+                        slot: slot.clone(),
+                        boot_id: boot_id.clone(),
+                    }
+                } else {
+                    S::Staged {
+                        window: window.clone(),
+                        bundle: bundle.clone(),
+                        checkpoint: checkpoint.clone(),
+                        slot: slot.clone(),
+                    }
+                }
+            }
+            (S::Rebooting { window, bundle, checkpoint, .. }, E::RebootFailed { error }) => {
+                rollback(window, bundle, checkpoint, Reason::Apply(format!("reboot: {error}")))
+            }
+            (S::Rebooting { window, bundle, checkpoint, slot, boot_id }, E::Booted { slot: now, boot_id: boot }) => {
+                if boot == boot_id {
+                    // Restarted before the reboot happened: nobody will observe the new slot in this window.
+                    rollback(window, bundle, checkpoint, Reason::Interrupted)
+                } else if now == slot {
+                    S::Observing { window: window.clone(), bundle: bundle.clone(), checkpoint: checkpoint.clone() }
+                } else {
+                    rollback(window, bundle, checkpoint, Reason::BootFallback(now.clone()))
+                }
+            }
             (
                 S::Checkpointed { window, bundle, checkpoint } | S::Applying { window, bundle, checkpoint },
                 E::ApplyFailed { error },
@@ -661,18 +766,21 @@ impl Engine {
             (
                 S::Checkpointed { window, bundle, checkpoint }
                 | S::Applying { window, bundle, checkpoint }
+                | S::Rebooting { window, bundle, checkpoint, .. }
                 | S::Observing { window, bundle, checkpoint },
                 E::Deadline,
             ) => rollback(window, bundle, checkpoint, Reason::DeadlineExpired),
             (
                 S::Checkpointed { window, bundle, checkpoint }
                 | S::Applying { window, bundle, checkpoint }
+                | S::Rebooting { window, bundle, checkpoint, .. }
                 | S::Observing { window, bundle, checkpoint },
                 E::Cancel { uid },
             ) => rollback(window, bundle, checkpoint, Reason::Cancelled(*uid)),
             (
                 S::Checkpointed { window, bundle, checkpoint }
                 | S::Applying { window, bundle, checkpoint }
+                | S::Rebooting { window, bundle, checkpoint, .. }
                 | S::Observing { window, bundle, checkpoint },
                 E::RollbackRequested { uid },
             ) => rollback(window, bundle, checkpoint, Reason::OperatorRollback(*uid)),
@@ -688,6 +796,10 @@ impl Engine {
             (S::Committed { window, bundle, .. }, E::Lifted) => {
                 S::Closed { window: window.clone(), outcome: Outcome::Committed { version: bundle.version.clone() } }
             }
+            (S::Staged { window, bundle, slot, .. }, E::Lifted) => S::Closed {
+                window: window.clone(),
+                outcome: Outcome::Staged { version: bundle.version.clone(), slot: slot.clone() },
+            },
             (S::UpToDate { window }, E::Lifted) => S::Closed { window: window.clone(), outcome: Outcome::UpToDate },
             (S::RolledBack { window, reason }, E::Lifted) => {
                 S::Closed { window: window.clone(), outcome: Outcome::RolledBack { reason: reason.clone() } }
@@ -696,12 +808,13 @@ impl Engine {
                 S::Closed { window: window.clone(), outcome: Outcome::Failed { reason: reason.clone() } }
             }
             (
-                S::Committed { .. } | S::UpToDate { .. } | S::RolledBack { .. } | S::Failed { .. },
+                S::Committed { .. } | S::Staged { .. } | S::UpToDate { .. } | S::RolledBack { .. } | S::Failed { .. },
                 E::LiftFailed { .. },
             ) => state.clone(),
             // The deadline passing while the window is already finishing changes nothing.
             (
                 S::Committed { .. }
+                | S::Staged { .. }
                 | S::UpToDate { .. }
                 | S::RollingBack { .. }
                 | S::RolledBack { .. }

@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use otpatch_common::api::{errors, StatusSnapshot, WindowInfo};
-use otpatch_common::policy::{DegradedAction, PolicyErrors, Settings};
+use otpatch_common::policy::{DegradedAction, PolicyErrors, RebootPolicy, Settings};
 use otpatch_common::schedule::{Occurrence, OneOffRequest, OneOffWindow, Schedule, WindowSource};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::audit::AuditLog;
-use crate::backend::{Backends, BoxFuture, FetchOutcome, LiftReport, ProgressFn, SegmentationPlan, Verdict};
+use crate::backend::{Applied, Backends, BoxFuture, FetchOutcome, LiftReport, ProgressFn, SegmentationPlan, Verdict};
 use crate::engine::{Action, Engine, EngineConfig, Event, Outcome, PatchKind, State, WindowCtx};
 use crate::failpoints::Failpoints;
 use crate::fsutil::write_atomic;
@@ -197,7 +197,10 @@ pub struct Handle {
 }
 
 fn engine_config(settings: &Settings) -> EngineConfig {
-    EngineConfig { rollback_on_degraded: settings.rollback.on_degraded == DegradedAction::Rollback }
+    EngineConfig {
+        rollback_on_degraded: settings.rollback.on_degraded == DegradedAction::Rollback,
+        allow_reboot: settings.ab.reboot == RebootPolicy::InWindow,
+    }
 }
 
 fn occurrence_ctx(o: &Occurrence) -> WindowCtx {
@@ -374,7 +377,7 @@ impl Orchestrator {
             let patcher = self.backends.livepatcher.clone();
             let result = match patcher.is_applied(&bundle).await {
                 Ok(true) => continue,
-                Ok(false) => patcher.apply(&bundle, self.progress_fn()).await,
+                Ok(false) => patcher.apply("boot", &bundle, self.progress_fn()).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             match result {
@@ -717,12 +720,17 @@ impl Orchestrator {
                     Ok(_) => {}
                     Err(e) => error!(error = %e, "could not lift stale segmentation"),
                 },
-                Action::Apply { bundle } => {
+                Action::Apply { window, bundle } => {
                     let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
                     let progress = self.progress_fn();
                     self.inflight = Some(Box::pin(async move {
-                        match patcher.apply(&bundle, progress).await {
-                            Ok(()) => Event::Applied,
+                        match patcher.apply(&window.id, &bundle, progress).await {
+                            Ok(Applied::InPlace) => Event::Applied,
+                            Ok(Applied::Installed { slot }) => match b.rebooter.boot_id() {
+                                Ok(boot_id) => Event::Installed { slot, boot_id },
+                                // Without the boot id a reboot could not be told from a restart: do not reboot.
+                                Err(e) => Event::ApplyFailed { error: format!("installed into {slot}, but {e}") },
+                            },
                             Err(e) => Event::ApplyFailed { error: e.to_string() },
                         }
                     }));
@@ -813,6 +821,40 @@ impl Orchestrator {
                 match b.checkpointer.checkpoint(&window).await {
                     Ok(checkpoint) => Event::CheckpointTaken { checkpoint },
                     Err(e) => Event::CheckpointFailed { error: e.to_string() },
+                }
+            }),
+            Action::Reboot { slot } => {
+                let limit = self.settings.ab.reboot_timeout;
+                let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+                self.audit_log("reboot-requested", Some(&window), None, serde_json::json!({"slot": slot}));
+                Box::pin(async move {
+                    progress(-1, format!("rebooting into slot {slot}"));
+                    if let Err(e) = b.rebooter.reboot(&format!("otpatch window {window}: boot slot {slot}")).await {
+                        return Event::RebootFailed { error: e.to_string() };
+                    }
+                    // systemd stops the daemon on the way down; still being here after the limit is a failure.
+                    tokio::time::sleep(limit).await;
+                    Event::RebootFailed {
+                        error: format!(
+                            "the system did not go down within {}",
+                            otpatch_common::units::format_duration(limit)
+                        ),
+                    }
+                })
+            }
+            Action::ConfirmBoot { slot, boot_id } => Box::pin(async move {
+                let now = match b.rebooter.boot_id() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        return Event::RebootFailed { error: format!("cannot tell this boot from the last: {e}") }
+                    }
+                };
+                match b.ab_updater.booted_slot().await {
+                    Ok(booted) => {
+                        info!(expected = %slot, booted = %booted, new_boot = now != boot_id, "boot after the update's reboot");
+                        Event::Booted { slot: booted, boot_id: now }
+                    }
+                    Err(e) => Event::RebootFailed { error: format!("cannot tell which slot booted: {e}") },
                 }
             }),
             Action::Observe { .. } => {
@@ -1187,6 +1229,7 @@ fn injected_failure(action: &Action, e: String) -> Event {
         Action::Apply { .. } => Event::ApplyFailed { error: e },
         Action::Observe { .. } => Event::HealthFailed { reason: e },
         Action::Rollback { .. } => Event::RollbackFailed { error: e },
+        Action::Reboot { .. } | Action::ConfirmBoot { .. } => Event::RebootFailed { error: e },
         _ => Event::LiftFailed { error: e },
     }
 }

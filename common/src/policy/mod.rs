@@ -234,6 +234,8 @@ pub struct Settings {
     /// Health probes from `[probe.<name>]`, sorted by name.
     pub probes: Vec<Probe>,
     pub rollback: RollbackRules,
+    /// The A/B (RAUC) path, from `[ab]`.
+    pub ab: AbRules,
     pub access: Access,
     /// The files that made this policy, in the order they were applied.
     pub sources: Vec<PathBuf>,
@@ -451,6 +453,32 @@ pub struct RollbackRules {
     pub allow_force: bool,
     /// How long a livepatch transition may take before it is reverted.
     pub transition_timeout: Duration,
+}
+
+/// The A/B path (`[ab]`): a RAUC bundle goes into the inactive slot and runs after a reboot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbRules {
+    /// Whether the daemon may reboot the gateway into the new slot (only ever inside the window).
+    pub reboot: RebootPolicy,
+    /// How long the system may take to go down once a reboot was asked for, before it counts as failed.
+    pub reboot_timeout: Duration,
+    /// A RAUC bundle on the patch server to install instead when a livepatch does not fit the running kernel.
+    pub fallback_bundle: Option<String>,
+}
+
+impl Default for AbRules {
+    fn default() -> Self {
+        AbRules { reboot: RebootPolicy::Never, reboot_timeout: Duration::from_secs(300), fallback_bundle: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RebootPolicy {
+    /// Install into the inactive slot and stop there: "installed, reboot pending".
+    Never,
+    /// Reboot into the new slot inside the window, observe health there, keep it or go back.
+    InWindow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

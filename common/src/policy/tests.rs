@@ -850,3 +850,20 @@ client_key = "/etc/otpatch"
     // Without check_files nothing is looked up.
     parse_sources(&[src("site.toml", &policy)], &no_files()).unwrap();
 }
+
+#[test]
+fn ab_rules_default_to_staging_and_name_bad_values() {
+    let s = ok(&with(""));
+    assert_eq!(s.ab, AbRules::default());
+    assert_eq!(s.ab.reboot, RebootPolicy::Never);
+    let s = ok(&with(
+        "[ab]\nreboot = \"in-window\"\nreboot_timeout = \"90s\"\nfallback_bundle = \"gateway-os-2.1.raucb\"\n",
+    ));
+    assert_eq!(s.ab.reboot, RebootPolicy::InWindow);
+    assert_eq!(s.ab.reboot_timeout, Duration::from_secs(90));
+    assert_eq!(s.ab.fallback_bundle.as_deref(), Some("gateway-os-2.1.raucb"));
+    let e = one_error(&with("[ab]\nreboot = \"always\"\n"));
+    assert_error(&e, "site.toml", EXTRA_LINE + 1, 10, "ab.reboot", "expected one of \"never\", \"in-window\"");
+    let e = one_error(&with("[ab]\nfallback_bundle = \"../etc/shadow\"\n"));
+    assert_error(&e, "site.toml", EXTRA_LINE + 1, 19, "ab.fallback_bundle", "RAUC bundle's file name");
+}

@@ -21,7 +21,19 @@ pub(super) fn settings(sources: &[Source], root: &Tree, opts: &LoadOptions) -> R
     let root = Tbl { path: String::new(), tree: root, at: None, quiet: false };
     c.keys(
         &root,
-        &["gateway", "server", "trust", "limits", "access", "rollback", "segmentation", "window", "process", "probe"],
+        &[
+            "gateway",
+            "server",
+            "trust",
+            "limits",
+            "access",
+            "rollback",
+            "segmentation",
+            "window",
+            "process",
+            "probe",
+            "ab",
+        ],
     );
     let gateway = c.gateway(&root);
     let server = c.server(&root);
@@ -29,6 +41,7 @@ pub(super) fn settings(sources: &[Source], root: &Tree, opts: &LoadOptions) -> R
     let (limits, max_window_at) = c.limits(&root);
     let access = c.access(&root);
     let rollback = c.rollback(&root);
+    let ab = c.ab(&root);
     let segmentation = c.segmentation(&root);
     let windows = c.windows(&root, limits.max_window, max_window_at);
     let processes = c.processes(&root);
@@ -44,6 +57,7 @@ pub(super) fn settings(sources: &[Source], root: &Tree, opts: &LoadOptions) -> R
             processes,
             probes,
             rollback,
+            ab,
             access,
             sources: sources.iter().map(|s| s.name.clone()).collect(),
         }),
@@ -533,6 +547,28 @@ impl<'t> Checker<'_> {
                 .or(DegradedAction::Keep),
             allow_force: self.boolean(&t, "allow_force").or(false),
             transition_timeout: self.duration(&t, "transition_timeout", MS).or(Duration::from_secs(60)),
+        }
+    }
+
+    fn ab(&mut self, root: &Tbl<'t>) -> AbRules {
+        let t = self.section(root, "ab");
+        self.keys(&t, &["reboot", "reboot_timeout", "fallback_bundle"]);
+        let fallback_bundle = self.value(&t, "fallback_bundle", |v| match v {
+            Val::Str(s)
+                if s.ends_with(".raucb")
+                    && !s.starts_with('.')
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)) =>
+            {
+                Ok(s.clone())
+            }
+            _ => Err(expected("a RAUC bundle's file name on the patch server, like \"gateway-os-2.1.raucb\"")),
+        });
+        AbRules {
+            reboot: self
+                .choice(&t, "reboot", &[("never", RebootPolicy::Never), ("in-window", RebootPolicy::InWindow)])
+                .or(RebootPolicy::Never),
+            reboot_timeout: self.duration(&t, "reboot_timeout", MS).or(Duration::from_secs(300)),
+            fallback_bundle: fallback_bundle.value(),
         }
     }
 

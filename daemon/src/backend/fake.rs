@@ -14,15 +14,17 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BackendError, BackendResult, Backends, Checkpointer, Clock, FetchOutcome, Fetcher, Firewall, HealthMonitor,
-    LiftReport, Patcher, ProgressFn, SegmentationPlan, Verdict, Verifier,
+    Applied, BackendError, BackendResult, Backends, Checkpointer, Clock, FetchOutcome, Fetcher, Firewall,
+    HealthMonitor, LiftReport, Patcher, ProgressFn, Rebooter, SegmentationPlan, Verdict, Verifier,
 };
 use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowCtx};
 
 /// What the fakes should do. Text form (env `OTPATCH_FAKE_SCRIPT`): comma-separated `key=value`:
 /// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, rollback, lift,
 /// restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
-/// `nothing-to-fetch=true`, `version=<v>`, `kind=livepatch|ab`.
+/// `nothing-to-fetch=true`, `version=<v>`, `kind=livepatch|ab`, `bundle=<path>` (what the fetcher "downloads").
+/// The A/B fake installs into slot `B` and "reboots" by recording the call (the test then restarts the daemon with
+/// another boot id and booted slot in the world file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FakeScript {
     pub fail: Vec<String>,
@@ -32,6 +34,8 @@ pub struct FakeScript {
     pub nothing_to_fetch: bool,
     pub version: String,
     pub kind: PatchKind,
+    /// The file the fetcher hands on, instead of a made-up path.
+    pub bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,7 @@ impl Default for FakeScript {
             nothing_to_fetch: false,
             version: "1.0.1".into(),
             kind: PatchKind::Livepatch,
+            bundle: None,
         }
     }
 }
@@ -83,6 +88,7 @@ impl FakeScript {
                         _ => return Err(format!("fake script: kind={v}: expected livepatch or ab")),
                     }
                 }
+                "bundle" => s.bundle = Some(PathBuf::from(v)),
                 _ => return Err(format!("fake script: unknown key {k:?}")),
             }
         }
@@ -95,7 +101,7 @@ impl FakeScript {
 }
 
 /// The pretend gateway.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorldState {
     pub segmentation_active: bool,
     /// Whether the health probes are being watched outside an observation.
@@ -113,6 +119,40 @@ pub struct WorldState {
     pub calls: Vec<String>,
     /// Per-step call counts.
     pub counts: BTreeMap<String, u32>,
+    /// The pretend boot: its id, and the slot it runs from (A/B fake).
+    #[serde(default = "first_boot")]
+    pub boot_id: String,
+    #[serde(default = "slot_a")]
+    pub booted_slot: String,
+    /// Reboots asked for.
+    #[serde(default)]
+    pub reboots: u32,
+}
+
+fn first_boot() -> String {
+    "boot-1".into()
+}
+
+fn slot_a() -> String {
+    "A".into()
+}
+
+impl Default for WorldState {
+    fn default() -> Self {
+        WorldState {
+            segmentation_active: false,
+            health_watch: false,
+            applied: Vec::new(),
+            committed: Vec::new(),
+            checkpoints: Vec::new(),
+            restored: Vec::new(),
+            calls: Vec::new(),
+            counts: BTreeMap::new(),
+            boot_id: first_boot(),
+            booted_slot: slot_a(),
+            reboots: 0,
+        }
+    }
 }
 
 /// Shared state of all fakes, optionally persisted as JSON after every change.
@@ -170,6 +210,7 @@ impl FakeWorld {
             checkpointer: me.clone(),
             livepatcher: Arc::new(FakePatcher { world: self.clone(), name: "livepatch" }),
             ab_updater: Arc::new(FakePatcher { world: self.clone(), name: "ab" }),
+            rebooter: me.clone(),
             health: me,
             clock,
         }
@@ -219,10 +260,12 @@ impl Fetcher for FakeWorld {
         if self.script.nothing_to_fetch || self.snapshot().committed.contains(&self.script.version) {
             return Ok(FetchOutcome::NothingNewer);
         }
-        Ok(FetchOutcome::Bundle(BundleRef {
-            path: PathBuf::from(format!("/var/lib/otpatch/bundles/fake-{}.otb", self.script.version)),
-            size: 4096,
-        }))
+        let path = match &self.script.bundle {
+            Some(p) => p.clone(),
+            None => PathBuf::from(format!("/var/lib/otpatch/bundles/fake-{}.otb", self.script.version)),
+        };
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(4096);
+        Ok(FetchOutcome::Bundle(BundleRef { path, size }))
     }
 }
 
@@ -334,6 +377,19 @@ impl HealthMonitor for FakeWorld {
     }
 }
 
+#[async_trait]
+impl Rebooter for FakeWorld {
+    async fn reboot(&self, why: &str) -> BackendResult<()> {
+        self.step("reboot").await?;
+        self.record(format!("reboot {why}"), |w| w.reboots += 1);
+        Ok(())
+    }
+
+    fn boot_id(&self) -> BackendResult<String> {
+        Ok(self.snapshot().boot_id)
+    }
+}
+
 /// The livepatch or A/B fake.
 #[derive(Debug, Clone)]
 pub struct FakePatcher {
@@ -343,12 +399,17 @@ pub struct FakePatcher {
 
 #[async_trait]
 impl Patcher for FakePatcher {
-    async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()> {
+    async fn apply(&self, _window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
         progress(-1, format!("{} {}: applying", self.name, bundle.version));
         // The change goes in before a scripted failure, as a half-finished apply would leave it.
         let v = bundle.version.clone();
         self.world.record(format!("{}.apply {}", self.name, bundle.version), |w| w.applied.push(v));
-        self.world.step("apply").await
+        self.world.step("apply").await?;
+        Ok(if self.name == "ab" { Applied::Installed { slot: "B".into() } } else { Applied::InPlace })
+    }
+
+    async fn booted_slot(&self) -> BackendResult<String> {
+        Ok(self.world.snapshot().booted_slot)
     }
 
     async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    BackendError, BackendResult, Checkpointer, FetchOutcome, Fetcher, Firewall, HealthMonitor, LiftReport, Patcher,
-    ProgressFn, SegmentationPlan, Verdict, Verifier,
+    Applied, BackendError, BackendResult, Checkpointer, FetchOutcome, Fetcher, Firewall, HealthMonitor, LiftReport,
+    Patcher, ProgressFn, SegmentationPlan, Verdict, Verifier,
 };
 use crate::engine::{BundleRef, CheckpointRef, VerifiedBundle, WindowCtx};
 
@@ -67,7 +67,7 @@ impl Checkpointer for Unavailable {
 
 #[async_trait]
 impl Patcher for Unavailable {
-    async fn apply(&self, _: &VerifiedBundle, _: ProgressFn) -> BackendResult<()> {
+    async fn apply(&self, _: &str, _: &VerifiedBundle, _: ProgressFn) -> BackendResult<Applied> {
         Err(self.err())
     }
     async fn revert(&self, _: &VerifiedBundle) -> BackendResult<()> {

@@ -79,7 +79,7 @@ fn happy_path_walks_every_state_and_lifts() {
     );
     assert_eq!(steps[1].1, vec![Action::Preflight { window: window("w1") }]);
     assert_eq!(steps[4].1, vec![Action::Verify { bundle: bundle_ref(1) }]);
-    assert_eq!(steps[6].1, vec![Action::Apply { bundle: verified(1) }]);
+    assert_eq!(steps[6].1, vec![Action::Apply { window: window("w1"), bundle: verified(1) }]);
     assert_eq!(
         steps[9].1,
         vec![
@@ -130,8 +130,8 @@ fn health_failure_rolls_back_and_restores_the_checkpoint() {
 fn degraded_follows_the_policy() {
     let steps = run(&Engine::default(), &happy_prefix());
     let observing = steps.last().unwrap().0.clone();
-    let keep = Engine::new(EngineConfig { rollback_on_degraded: false });
-    let roll = Engine::new(EngineConfig { rollback_on_degraded: true });
+    let keep = Engine::new(EngineConfig { rollback_on_degraded: false, allow_reboot: false });
+    let roll = Engine::new(EngineConfig { rollback_on_degraded: true, allow_reboot: false });
     let ev = Event::Degraded { reason: "advisory probe slow".into() };
     assert_eq!(keep.step(&observing, &ev).unwrap().0.name(), "committed");
     assert_eq!(roll.step(&observing, &ev).unwrap().0.name(), "rolling-back");
@@ -238,6 +238,67 @@ fn every_action_list_has_at_most_one_driver_and_it_is_last() {
 }
 
 #[test]
+fn ab_update_reboots_inside_the_window_and_is_kept_after_observation_on_the_new_slot() {
+    let engine = Engine::new(EngineConfig { rollback_on_degraded: false, allow_reboot: true });
+    let mut events = happy_prefix();
+    assert_eq!(events.pop(), Some(Event::Applied));
+    events.push(Event::Installed { slot: "B".into(), boot_id: "boot-1".into() });
+    let steps = run(&engine, &events);
+    let (rebooting, actions) = steps.last().unwrap().clone();
+    assert_eq!(rebooting.name(), "rebooting");
+    assert_eq!(actions, vec![Action::Reboot { slot: "B".into() }]);
+    // The daemon comes back after the reboot: recovery asks which slot booted, and never reboots again by itself.
+    let (same, actions) = engine.recover(&rebooting, true);
+    assert_eq!(same, rebooting);
+    assert_eq!(actions, vec![Action::ConfirmBoot { slot: "B".into(), boot_id: "boot-1".into() }]);
+    let (observing, actions) =
+        engine.step(&rebooting, &Event::Booted { slot: "B".into(), boot_id: "boot-2".into() }).unwrap();
+    assert_eq!(observing.name(), "observing");
+    assert!(matches!(actions[..], [Action::Observe { .. }]));
+    let (committed, actions) = engine.step(&observing, &Event::Healthy).unwrap();
+    assert_eq!(committed.name(), "committed");
+    assert!(actions.contains(&Action::Commit { bundle: verified(1) }));
+    // Health failing on the new slot rolls back (the A/B updater marks it bad and boots the old one).
+    let (rolling, actions) = engine.step(&observing, &Event::HealthFailed { reason: "r".into() }).unwrap();
+    assert_eq!(rolling.name(), "rolling-back");
+    assert!(matches!(actions[..], [Action::Rollback { .. }]));
+}
+
+#[test]
+fn ab_boot_on_the_old_slot_or_no_reboot_at_all_rolls_back() {
+    let engine = Engine::new(EngineConfig { rollback_on_degraded: false, allow_reboot: true });
+    let mut events = happy_prefix();
+    assert_eq!(events.pop(), Some(Event::Applied));
+    events.push(Event::Installed { slot: "B".into(), boot_id: "boot-1".into() });
+    let rebooting = run(&engine, &events).last().unwrap().0.clone();
+    let (s, _) = engine.step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-2".into() }).unwrap();
+    assert!(matches!(&s, State::RollingBack { reason: Reason::BootFallback(slot), .. } if slot == "A"), "{s:?}");
+    // Restarted without the reboot having happened (same boot): nobody observed slot B.
+    let (s, _) = engine.step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-1".into() }).unwrap();
+    assert!(matches!(&s, State::RollingBack { reason: Reason::Interrupted, .. }), "{s:?}");
+    let (s, _) = engine.step(&rebooting, &Event::RebootFailed { error: "logind said no".into() }).unwrap();
+    assert!(matches!(&s, State::RollingBack { reason: Reason::Apply(m), .. } if m.contains("logind said no")));
+    let (s, _) = engine.step(&rebooting, &Event::Deadline).unwrap();
+    assert!(matches!(&s, State::RollingBack { reason: Reason::DeadlineExpired, .. }), "{s:?}");
+}
+
+#[test]
+fn ab_update_without_reboot_permission_is_staged_and_the_window_ends() {
+    let engine = Engine::default();
+    let mut events = happy_prefix();
+    assert_eq!(events.pop(), Some(Event::Applied));
+    events.extend([Event::Installed { slot: "B".into(), boot_id: "boot-1".into() }]);
+    let steps = run(&engine, &events);
+    let (staged, actions) = steps.last().unwrap().clone();
+    assert_eq!(staged.name(), "staged");
+    assert_eq!(actions, vec![Action::DiscardCheckpoint { checkpoint: checkpoint(1) }, Action::Lift]);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Reboot { .. } | Action::Commit { .. })));
+    let (closed, _) = engine.step(&staged, &Event::Lifted).unwrap();
+    let State::Closed { outcome, .. } = &closed else { panic!("{closed:?}") };
+    assert_eq!(outcome.to_string(), "installed 1.1 into slot B, reboot pending");
+}
+
+#[test]
 fn states_round_trip_through_json() {
     let mut events = happy_prefix();
     events.push(Event::HealthFailed { reason: "x".into() });
@@ -269,12 +330,16 @@ fn advance(state: &State, n: u8) -> Event {
         State::Fetched { .. } => Event::Verified { bundle: verified(n) },
         State::Verified { .. } => Event::CheckpointTaken { checkpoint: checkpoint(n) },
         State::Checkpointed { .. } => Event::ApplyStarted,
+        State::Applying { .. } if n == 2 => Event::Installed { slot: "B".into(), boot_id: "boot-1".into() },
         State::Applying { .. } => Event::Applied,
+        State::Rebooting { .. } => Event::Booted { slot: "B".into(), boot_id: "boot-2".into() },
         State::Observing { .. } => Event::Healthy,
         State::RollingBack { .. } => Event::RolledBack,
-        State::Committed { .. } | State::UpToDate { .. } | State::RolledBack { .. } | State::Failed { .. } => {
-            Event::Lifted
-        }
+        State::Committed { .. }
+        | State::Staged { .. }
+        | State::UpToDate { .. }
+        | State::RolledBack { .. }
+        | State::Failed { .. } => Event::Lifted,
     }
 }
 
@@ -298,6 +363,10 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         Just(Event::ApplyStarted),
         Just(Event::Applied),
         Just(Event::ApplyFailed { error: "e".into() }),
+        Just(Event::Installed { slot: "B".into(), boot_id: "boot-1".into() }),
+        Just(Event::RebootFailed { error: "e".into() }),
+        (prop_oneof![Just("A"), Just("B")], prop_oneof![Just("boot-1"), Just("boot-2")])
+            .prop_map(|(s, b)| Event::Booted { slot: s.into(), boot_id: b.into() }),
         Just(Event::Healthy),
         Just(Event::Degraded { reason: "r".into() }),
         Just(Event::HealthFailed { reason: "r".into() }),
@@ -332,9 +401,11 @@ struct Track {
 fn completion(state: &State) -> Option<Event> {
     Some(match state {
         State::RollingBack { .. } => Event::RolledBack,
-        State::Committed { .. } | State::UpToDate { .. } | State::RolledBack { .. } | State::Failed { .. } => {
-            Event::Lifted
-        }
+        State::Committed { .. }
+        | State::Staged { .. }
+        | State::UpToDate { .. }
+        | State::RolledBack { .. }
+        | State::Failed { .. } => Event::Lifted,
         State::Idle | State::Closed { .. } => return None,
         // Any other state in a window: the deadline ends it.
         _ => Event::Deadline,
@@ -345,7 +416,7 @@ fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result
     prop_assert!(actions.iter().filter(|a| a.drives()).count() <= 1, "more than one driver: {actions:?}");
     for a in actions {
         match a {
-            Action::Apply { bundle } => {
+            Action::Apply { bundle, .. } => {
                 prop_assert_eq!(Some(bundle), track.verified.as_ref(), "applied what this window did not verify");
                 track.change_possible = true;
             }
@@ -366,6 +437,7 @@ fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result
             let ok = matches!(
                 outcome,
                 Outcome::Committed { .. }
+                    | Outcome::Staged { .. }
                     | Outcome::RolledBack { .. }
                     | Outcome::Failed { reason: Reason::RollbackFailed(_) }
             );
@@ -391,8 +463,12 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_sequences_keep_the_invariants(ops in proptest::collection::vec(op_strategy(), 0..60), degraded in any::<bool>()) {
-        let engine = Engine::new(EngineConfig { rollback_on_degraded: degraded });
+    fn random_sequences_keep_the_invariants(
+        ops in proptest::collection::vec(op_strategy(), 0..60),
+        degraded in any::<bool>(),
+        reboot in any::<bool>(),
+    ) {
+        let engine = Engine::new(EngineConfig { rollback_on_degraded: degraded, allow_reboot: reboot });
         let mut state = State::Idle;
         let mut track = Track::default();
         for op in &ops {
@@ -416,10 +492,23 @@ proptest! {
                 Op::Crash { window_open } => {
                     let (s, a) = engine.recover(&state, *window_open);
                     prop_assert!(!a.iter().any(|x| matches!(x, Action::Apply { .. })), "recovery applied");
+                    prop_assert!(!a.iter().any(|x| matches!(x, Action::Reboot { .. })), "recovery rebooted");
                     (s, a)
                 }
             };
             check_actions(&next, &actions, &mut track)?;
+            if matches!(next, State::Rebooting { .. }) {
+                prop_assert!(reboot, "rebooted although the policy allows no reboot");
+            }
+            if matches!(next, State::Staged { .. }) {
+                prop_assert!(!reboot, "staged although the policy allows the reboot");
+            }
+            if let (State::Rebooting { slot, boot_id, .. }, State::Observing { .. }) = (&state, &next) {
+                let Op::Ev(Event::Booted { slot: s, boot_id: b }) = op else {
+                    return Err(TestCaseError::fail("left Rebooting for Observing without a boot"));
+                };
+                prop_assert!(s == slot && b != boot_id, "observing a boot that is not the update's");
+            }
             state = next;
         }
         // Whatever happened, the window can always be finished, and finishing lifts segmentation.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::backend::{BackendError, BackendResult, Patcher, ProgressFn};
+use crate::backend::{Applied, BackendError, BackendResult, Patcher, ProgressFn};
 use crate::engine::VerifiedBundle;
 use crate::sysroot::Sysroot;
 pub use modinfo::ModInfo;
@@ -257,14 +257,14 @@ impl SysfsLivepatcher {
 
 #[async_trait]
 impl Patcher for SysfsLivepatcher {
-    async fn apply(&self, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<()> {
+    async fn apply(&self, _window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
         let module = (self.module_for)(bundle)?;
         let ko = module.path;
         let info = self.check(&ko, module.pinned_build_id.as_deref())?;
         let name = info.name.clone();
         if applied(&self.root).iter().any(|p| p.name == name && p.enabled && !p.in_transition) {
             // Already in (a restart after the load, or a re-apply that raced a window): nothing to do.
-            return Ok(());
+            return Ok(Applied::InPlace);
         }
         progress(-1, format!("loading livepatch {name} ({})", bundle.version));
         let kernel = self.kernel.clone();
@@ -284,7 +284,7 @@ impl Patcher for SysfsLivepatcher {
         let transition = dir.join("transition");
         let limit = self.config.transition_timeout;
         if self.wait(limit, || !read_flag(&transition)).await {
-            return Ok(());
+            return Ok(Applied::InPlace);
         }
         let stuck = self.stragglers(1);
         let who = if stuck.is_empty() { "none reported".to_string() } else { stuck.join(", ") };
@@ -292,7 +292,7 @@ impl Patcher for SysfsLivepatcher {
             tracing::warn!(patch = %name, tasks = %who, "transition stalled; forcing it (allowed by the policy)");
             std::fs::write(dir.join("force"), "1").map_err(|e| BackendError::new(format!("forcing {name}: {e}")))?;
             if self.wait(limit, || !read_flag(&transition)).await {
-                return Ok(());
+                return Ok(Applied::InPlace);
             }
         }
         // Take it back out before reporting: a half-transitioned patch must not stay.

@@ -163,11 +163,11 @@ async fn applies_commits_and_reverts() {
     let k = FakeKernel::new(s.root.root(), Mode::Normal);
     let lp = livepatcher(&s, k.clone(), false, s.ko.clone());
     assert!(!lp.is_applied(&bundle()).await.unwrap());
-    lp.apply(&bundle(), progress()).await.unwrap();
+    lp.apply("w1", &bundle(), progress()).await.unwrap();
     assert_eq!(applied(&s.root), vec![AppliedPatch { name: "otp_lp".into(), enabled: true, in_transition: false }]);
     assert!(lp.is_applied(&bundle()).await.unwrap());
     // Applying what is already in is a no-op, not a second load.
-    lp.apply(&bundle(), progress()).await.unwrap();
+    lp.apply("w1", &bundle(), progress()).await.unwrap();
     lp.commit(&bundle()).await.unwrap();
     lp.revert(&bundle()).await.unwrap();
     assert!(applied(&s.root).is_empty());
@@ -187,7 +187,7 @@ async fn a_stalled_transition_is_reverted_and_the_stragglers_named() {
     std::fs::write(proc_task.join("comm"), "plc-io\n").unwrap();
     let k = FakeKernel::new(s.root.root(), Mode::Stall);
     let lp = livepatcher(&s, k.clone(), false, s.ko.clone());
-    let e = lp.apply(&bundle(), progress()).await.unwrap_err();
+    let e = lp.apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("did not finish its transition"), "{e}");
     assert!(e.0.contains("4242 (plc-io)"), "{e}");
     assert!(e.0.ends_with("reverted"), "{e}");
@@ -200,7 +200,7 @@ async fn force_is_used_only_when_the_policy_allows_it() {
     let s = setup();
     let k = FakeKernel::new(s.root.root(), Mode::Stall);
     let lp = livepatcher(&s, k, true, s.ko.clone());
-    lp.apply(&bundle(), progress()).await.unwrap();
+    lp.apply("w1", &bundle(), progress()).await.unwrap();
     let dir = s.root.path("/sys/kernel/livepatch/otp_lp");
     assert_eq!(std::fs::read_to_string(dir.join("force")).unwrap(), "1");
     assert!(!applied(&s.root)[0].in_transition);
@@ -212,10 +212,10 @@ async fn modules_for_another_kernel_or_not_livepatches_are_refused_before_loadin
     let k = FakeKernel::new(s.root.root(), Mode::Normal);
     let build = s.root.path("/build");
     let other = make_ko(&build, "otp_other", "6.1.0-30-amd64", true);
-    let e = livepatcher(&s, k.clone(), false, other).apply(&bundle(), progress()).await.unwrap_err();
+    let e = livepatcher(&s, k.clone(), false, other).apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("vermagic mismatch") && e.0.contains("6.1.0-30-amd64"), "{e}");
     let plain = make_ko(&build, "otp_plain", RELEASE, false);
-    let e = livepatcher(&s, k.clone(), false, plain).apply(&bundle(), progress()).await.unwrap_err();
+    let e = livepatcher(&s, k.clone(), false, plain).apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("not a livepatch"), "{e}");
     assert!(k.calls().is_empty(), "nothing was loaded");
 }
@@ -234,16 +234,16 @@ async fn a_pinned_build_id_must_match_the_running_kernel() {
     std::fs::write(&notes, n).unwrap();
     let mut lp = livepatcher(&s, k.clone(), false, s.ko.clone());
     lp.config.pinned_build_id = Some("ffff".into());
-    let e = lp.apply(&bundle(), progress()).await.unwrap_err();
+    let e = lp.apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("pins kernel build-id ffff") && e.0.contains("abcd"), "{e}");
     lp.config.pinned_build_id = Some("abcd".into());
-    lp.apply(&bundle(), progress()).await.unwrap();
+    lp.apply("w1", &bundle(), progress()).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_kernel_refusal_is_reported() {
     let s = setup();
     let k = FakeKernel::new(s.root.root(), Mode::Refuse);
-    let e = livepatcher(&s, k, false, s.ko.clone()).apply(&bundle(), progress()).await.unwrap_err();
+    let e = livepatcher(&s, k, false, s.ko.clone()).apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("the kernel refused livepatch module otp_lp"), "{e}");
 }
