@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use otpatch_common::policy::{Parity, RegisterKind};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::check::fmt_response;
 use super::decode::Data;
@@ -151,52 +151,65 @@ impl Link {
     /// Reads once, bounded by `timeout` for connecting and for the answer (and for waiting for the link, so a
     /// hung PLC holds up only the probes that read from it, and those for at most their timeout).
     /// Returns the data and the response time (request sent to answer received).
+    ///
+    /// A connection kept from an earlier read may have been closed by the PLC meanwhile (it restarted, or was
+    /// restored from a checkpoint while the link sat idle between windows): when it fails with an I/O error,
+    /// the read is tried once more on a fresh connection before it counts as failed.
     pub async fn read(&self, req: Request, timeout: Duration) -> Result<(Data, Duration), ReadError> {
         let mut st = tokio::time::timeout(timeout, self.state.lock()).await.map_err(|_| ReadError::Busy(timeout))?;
         if st.in_flight {
             st.conn = None;
             st.in_flight = false;
         }
-        if st.conn.is_none() {
-            let now = Instant::now();
-            if let Some(at) = st.retry_at.filter(|at| *at > now) {
-                let last = st.last_error.clone().unwrap_or_else(|| "not connected yet".into());
-                return Err(ReadError::Down { last, retry_in: at - now });
-            }
-            match tokio::time::timeout(timeout, self.connector.connect()).await {
-                Ok(Ok(conn)) => st.conn = Some(conn),
-                Ok(Err(e)) => return Err(self.failed(&mut st, ReadError::Connect(e.to_string()))),
-                Err(_) => {
-                    return Err(self.failed(
-                        &mut st,
-                        ReadError::Connect(format!("no connection within {}", format_duration(timeout))),
-                    ))
+        let mut reused = st.conn.is_some();
+        loop {
+            if st.conn.is_none() {
+                let now = Instant::now();
+                if let Some(at) = st.retry_at.filter(|at| *at > now) {
+                    let last = st.last_error.clone().unwrap_or_else(|| "not connected yet".into());
+                    return Err(ReadError::Down { last, retry_in: at - now });
+                }
+                match tokio::time::timeout(timeout, self.connector.connect()).await {
+                    Ok(Ok(conn)) => st.conn = Some(conn),
+                    Ok(Err(e)) => return Err(self.failed(&mut st, ReadError::Connect(e.to_string()))),
+                    Err(_) => {
+                        return Err(self.failed(
+                            &mut st,
+                            ReadError::Connect(format!("no connection within {}", format_duration(timeout))),
+                        ))
+                    }
                 }
             }
-        }
-        // Borrow the fields apart: the connection is used while the in-flight flag is set.
-        let st = &mut *st;
-        let Some(conn) = st.conn.as_mut() else {
-            return Err(ReadError::Connect("no connection".into()));
-        };
-        let started = Instant::now();
-        st.in_flight = true;
-        let result = match tokio::time::timeout(timeout, conn.read(req)).await {
-            Ok(result) => result,
-            Err(_) => Err(ReadError::Timeout(timeout)),
-        };
-        let elapsed = started.elapsed();
-        st.in_flight = false;
-        match result {
-            Ok(data) => {
-                self.answered(st);
-                Ok((data, elapsed))
-            }
-            Err(e @ ReadError::Exception(_)) => {
-                self.answered(st);
-                Err(e)
-            }
-            Err(e) => Err(self.failed(st, e)),
+            // Borrow the fields apart: the connection is used while the in-flight flag is set.
+            let st = &mut *st;
+            let Some(conn) = st.conn.as_mut() else {
+                return Err(ReadError::Connect("no connection".into()));
+            };
+            let started = Instant::now();
+            st.in_flight = true;
+            let result = match tokio::time::timeout(timeout, conn.read(req)).await {
+                Ok(result) => result,
+                Err(_) => Err(ReadError::Timeout(timeout)),
+            };
+            let elapsed = started.elapsed();
+            st.in_flight = false;
+            return match result {
+                Ok(data) => {
+                    self.answered(st);
+                    Ok((data, elapsed))
+                }
+                Err(e @ ReadError::Exception(_)) => {
+                    self.answered(st);
+                    Err(e)
+                }
+                Err(ReadError::Io(why)) if reused => {
+                    debug!(link = %self.name, error = %why, "kept Modbus connection was closed; reconnecting once");
+                    st.conn = None;
+                    reused = false;
+                    continue;
+                }
+                Err(e) => Err(self.failed(st, e)),
+            };
         }
     }
 

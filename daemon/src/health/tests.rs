@@ -33,6 +33,8 @@ struct FakePlc {
     connects: AtomicU32,
     /// Connection attempts, refused ones included.
     attempts: AtomicU32,
+    /// Bumped by a restart: connections made before it are closed.
+    generation: AtomicU32,
 }
 
 impl FakePlc {
@@ -42,6 +44,7 @@ impl FakePlc {
             mode: Mutex::new(Mode::Normal),
             connects: AtomicU32::new(0),
             attempts: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
         })
     }
     fn set(&self, addr: u16, v: u16) {
@@ -62,17 +65,20 @@ impl Connector for FakeConnector {
             return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "Connection refused"));
         }
         self.0.connects.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::new(FakeConn(self.0.clone())))
+        Ok(Box::new(FakeConn(self.0.clone(), self.0.generation.load(Ordering::SeqCst))))
     }
 }
 
-struct FakeConn(Arc<FakePlc>);
+struct FakeConn(Arc<FakePlc>, u32);
 
 #[async_trait]
 impl Transport for FakeConn {
     async fn read(&mut self, req: Request) -> Result<Data, ReadError> {
         // Tokio's timers are the only clock here; yield once so a read takes part in scheduling like a real one.
         tokio::task::yield_now().await;
+        if self.1 != self.0.generation.load(Ordering::SeqCst) {
+            return Err(ReadError::Io("Connection reset by peer".into()));
+        }
         let mode = *self.0.mode.lock().unwrap();
         match mode {
             Mode::Hang => std::future::pending().await,
@@ -196,6 +202,23 @@ async fn a_hung_plc_does_not_hold_up_the_others() {
     assert_eq!(row(&table, "quick").reads, 101);
     assert_eq!(row(&table, "quick").failures, 0);
     assert!(row(&table, "slow-plc").failures >= 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_the_plc_closed_between_windows_is_replaced_without_a_failure() {
+    let plc = FakePlc::new();
+    plc.set(0, 50);
+    let h = monitor(vec![range_probe("temp", 1, 0, 90.0)], &HashMap::from([(1, plc.clone())]));
+    h.baseline().await.unwrap();
+    // The PLC restarts (or is restored from a checkpoint) while the link sits idle: its connection is gone.
+    plc.generation.fetch_add(1, Ordering::SeqCst);
+    h.baseline().await.unwrap();
+    assert_eq!(plc.connects.load(Ordering::SeqCst), 2);
+    let table = h.probe_table();
+    assert_eq!(row(&table, "temp").failures, 0);
+    // A fresh connection that fails is a failure: no second try.
+    plc.mode(Mode::Down);
+    assert!(h.baseline().await.is_err());
 }
 
 #[tokio::test(start_paused = true)]
