@@ -143,7 +143,7 @@ fi
 step tools
 mkdir -p "$B/tools"
 built=()
-for t in hil-ms vforkpark; do
+for t in hil-ms vforkpark memhog; do
   if [[ ! -x "$B/tools/$t" || "$HIL/tools/$t.c" -nt "$B/tools/$t" ]]; then
     gcc -static -O2 -Wall -Werror -o "$B/tools/$t" "$HIL/tools/$t.c"
     built+=("$t")
@@ -178,6 +178,8 @@ proj_bins=()
 for b in "${PROJECT_BINS[@]}"; do
   [[ -x "$REPO/target/release/$b" ]] && proj_bins+=("$REPO/target/release/$b")
 done
+# The CRIU benchmark (scenario criu-bench), when built: cargo build --release -p otpatchd --example criu_bench
+[[ -x "$REPO/target/release/examples/criu_bench" ]] && proj_bins+=("$REPO/target/release/examples/criu_bench")
 
 step initramfs
 CPIO="$B/initramfs.cpio"
@@ -243,7 +245,7 @@ else
   install -m 0644 "$HIL/guest/otpatchd.sh" "$R/hil/otpatchd.sh"
   install -m 0644 "$HIL"/guest/scenarios/*.sh "$R/hil/scenarios/"
   install -m 0644 "$MB"/*.ko "$R/hil/modules/"
-  install -m 0755 "$B/tools/hil-ms" "$B/tools/vforkpark" "$R/bin/"
+  install -m 0755 "$B/tools/hil-ms" "$B/tools/vforkpark" "$B/tools/memhog" "$R/bin/"
 
   # Uncompressed: QEMU loads it into memory and the TCG guest saves a decompression.
   (cd "$R" && find . | LC_ALL=C sort | "$BB" cpio -o -H newc -R 0:0 2>/dev/null) >"$CPIO.tmp"

@@ -17,6 +17,8 @@ HOST_PIDS=()
 HOST_PLC_CONTROL=
 HOST_HTTPS_PORT=
 HOST_PLC_PORT=
+# The host's end of the otpatchd-criu guest's forwarded Modbus port (QEMU hostfwd, loopback only).
+HOST_FWD_PORT=
 # The bundle's compatible string and version; the guest's policy says the same.
 HOST_COMPATIBLE=hil-gw
 HOST_VERSION=1.0.0
@@ -149,6 +151,7 @@ with open(sys.argv[1], "r+b") as f:
 EOF
   local s f
   for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good \
+    otpatchd-criu:good otpatchd-criu-bad:good \
     otpatchd-tampered:tampered otpatchd-wrong-kernel:wrong-kernel otpatchd-badmagic:badmagic; do
     f="${s#*:}.otb"
     s="${s%%:*}"
@@ -235,11 +238,12 @@ host_start() {
   mkdir -p "$HOST_DIR"
   HOST_HTTPS_PORT="${HIL_HTTPS_PORT:-$(host_free_port)}"
   HOST_PLC_PORT="${HIL_PLC_PORT:-$(host_free_port)}"
+  HOST_FWD_PORT="${HIL_FWD_PORT:-$(host_free_port)}"
   host_pki
   host_www
   host_nginx
   host_plcsim
-  host_say "PKI, 6 signed indexes, nginx on 127.0.0.1:$HOST_HTTPS_PORT (mutual TLS), PLC simulator on 127.0.0.1:$HOST_PLC_PORT (control $HOST_PLC_CONTROL) in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  host_say "PKI, 8 signed indexes, nginx on 127.0.0.1:$HOST_HTTPS_PORT (mutual TLS), PLC simulator on 127.0.0.1:$HOST_PLC_PORT (control $HOST_PLC_CONTROL) in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 }
 
 host_stop() {
@@ -290,6 +294,27 @@ max = 90
 interval = "500ms"
 trip_after = 2
 EOF
+  case $1 in
+    otpatchd-criu | otpatchd-criu-bad)
+      # The guest's own PLC is a critical process (found by its executable; the bad cases point the
+      # pidfile at one process or another), probed over the guest's loopback.
+      local selector='exe = "/usr/bin/otpatch-plcsim"'
+      [[ $1 == otpatchd-criu ]] || selector='pidfile = "/run/plc.pid"'
+      cat <<EOF
+
+[process.plc]
+$selector
+
+[probe.guest-plc]
+tcp = "127.0.0.1:1502"
+address = 0
+min = 10
+max = 90
+interval = "500ms"
+trip_after = 4
+EOF
+      ;;
+  esac
 }
 
 # host_initrd SCENARIO OUT: the guest's initramfs followed by this scenario's files.

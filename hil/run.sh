@@ -44,10 +44,12 @@ fi
 if (($# == 0)); then
   # otpatchd-reboot last: it is the longest, and the others say whether it can work.
   set -- boot livepatch-sysfs livepatch-stall vermagic-mismatch \
-    otpatchd-happy otpatchd-health-rollback otpatchd-tampered otpatchd-wrong-kernel otpatchd-badmagic
+    otpatchd-happy otpatchd-health-rollback otpatchd-tampered otpatchd-wrong-kernel otpatchd-badmagic \
+    otpatchd-criu otpatchd-criu-bad
   for f in "$HIL"/guest/scenarios/*.sh; do
     n="$(basename "$f" .sh)"
-    [[ " $* " == *" $n "* || $n == otpatchd-reboot ]] || set -- "$@" "$n"
+    # criu-bench runs on demand only (bash hil/run.sh criu-bench): minutes under TCG.
+    [[ " $* " == *" $n "* || $n == otpatchd-reboot || $n == criu-bench ]] || set -- "$@" "$n"
   done
   [[ -f "$HIL/guest/scenarios/otpatchd-reboot.sh" ]] && set -- "$@" otpatchd-reboot
 fi
@@ -63,11 +65,24 @@ fi
 # boot_guest SCENARIO LOG INITRD BOOT [DISK]: one QEMU boot, bounded; sets RC and WALL_MS.
 boot_guest() {
   local s=$1 log=$2 initrd=$3 boot=$4 disk=${5:-} t0
-  local args=(-accel tcg -m 1G -smp 2 -nographic -no-reboot
+  local mem=1G timeout=$TIMEOUT
+  if [[ $s == criu-bench ]]; then
+    # Processes of up to 300 MiB and their images (tmpfs) in one guest; minutes of dumps under TCG.
+    mem=2G
+    ((timeout >= 900)) || timeout=900
+  fi
+  local args=(-accel tcg -m "$mem" -smp 2 -nographic -no-reboot
     -kernel "$B/vmlinux" -initrd "$initrd"
     -append "console=ttyS0 panic=-1 quiet otpatch.scenario=$s otpatch.boot=$boot"
     # User networking: the guest reaches the host's 127.0.0.1 services as 10.0.2.2.
-    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
+    -device virtio-net-pci,netdev=n0,romfile=)
+  local netdev=user,id=n0 modbus=()
+  if [[ $s == otpatchd-criu ]]; then
+    # The guest's PLC (port 1502) on the host's loopback only, read by console.py when the guest asks.
+    netdev+=",hostfwd=tcp:127.0.0.1:$HOST_FWD_PORT-:1502"
+    modbus=(--modbus "127.0.0.1:$HOST_FWD_PORT")
+  fi
+  args+=(-netdev "$netdev")
   [[ -z "$disk" ]] || args+=(-drive "file=$disk,format=raw,if=virtio")
   local inject=()
   if [[ $s == otpatchd-health-rollback ]]; then
@@ -76,7 +91,7 @@ boot_guest() {
   fi
   t0=$(date +%s%N)
   # console.py stamps each serial line with the host's time, injects the fault, and bounds the boot.
-  python3 "$HIL/tools/console.py" run --log "$log" --timeout "$TIMEOUT" "${inject[@]}" -- \
+  python3 "$HIL/tools/console.py" run --log "$log" --timeout "$timeout" "${inject[@]}" "${modbus[@]}" -- \
     qemu-system-x86_64 "${args[@]}" &
   QPID=$!
   RC=0
@@ -103,6 +118,16 @@ verdict() {
     WHY="${result#HIL-RESULT name=$s ok=1 }"
   else
     WHY="${result#HIL-RESULT name=$s }"
+  fi
+  if [[ $VERDICT == PASS && $s == otpatchd-criu ]]; then
+    # The host's own reads of the guest's PLC: before the window, and after the restore with the written
+    # register (holding 7) back at its checkpointed value 7.
+    grep -o 'HIL-HOST event=modbus .*' "$log" | sed 's/^/    /'
+    if ! grep -q 'HIL-HOST event=modbus tag=before values=[0-9,]* ok=1' "$log"; then
+      VERDICT=FAIL WHY="the host could not read the guest's PLC over Modbus before the window"
+    elif ! grep -q 'HIL-HOST event=modbus tag=after-restore values=\([0-9]*,\)\{7\}7 ok=1' "$log"; then
+      VERDICT=FAIL WHY="the host's Modbus read after the restore failed or holding 7 was not 7"
+    fi
   fi
   [[ $VERDICT == PASS ]] || tail -n 25 "$log" | tr -d '\r' | sed 's/^/    | /'
   if [[ $s == otpatchd-* ]]; then

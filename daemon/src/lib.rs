@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod backend;
 pub mod committed;
+pub mod criu;
 pub mod engine;
 pub mod failpoints;
 pub mod fetch;
@@ -19,6 +20,8 @@ pub mod health;
 pub mod journal;
 pub mod livepatch;
 pub mod orchestrator;
+pub mod rauc;
+pub mod reboot;
 pub mod service;
 pub mod sysroot;
 pub mod verify;

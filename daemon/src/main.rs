@@ -9,15 +9,16 @@ use clap::{Parser, ValueEnum};
 use otpatch_common::api::BUS_NAME;
 use otpatch_common::policy::{self, LoadOptions, PolicyPaths};
 use otpatch_common::policy::{FirewallBackend, Settings};
-use otpatchd::backend::unavailable::Unavailable;
 use otpatchd::backend::unavailable::{FetchNotConfigured, NoCriticalProcesses};
-use otpatchd::backend::{BackendError, Backends, Checkpointer, Clock, Fetcher, Firewall, SystemClock};
+use otpatchd::backend::{BackendError, Backends, Checkpointer, Clock, Fetcher, Firewall, Rebooter, SystemClock};
 use otpatchd::failpoints::Failpoints;
 use otpatchd::fetch::{tls::client_config, Channel, ChannelLimits, HttpsFetcher};
 use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
 use otpatchd::health::ModbusHealth;
 use otpatchd::livepatch::{LivepatchConfig, ModuleFile, ModuleSource, RealKernel, SysfsLivepatcher};
 use otpatchd::orchestrator::{BackendFactory, Command, Orchestrator, PolicyLoader};
+use otpatchd::rauc::{RaucLimits, RaucUpdater};
+use otpatchd::reboot::SystemdRebooter;
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
 use otpatchd::verify::BundleVerifier;
@@ -172,15 +173,19 @@ async fn backends(
             let checkpointer: Arc<dyn Checkpointer> = if settings.processes.is_empty() {
                 Arc::new(NoCriticalProcesses)
             } else {
-                Arc::new(Unavailable("checkpoint (CRIU)"))
+                use otpatchd::criu::{CriuCheckpointer, CriuConfig};
+                Arc::new(CriuCheckpointer::new(_root.clone(), settings.processes.clone(), CriuConfig::new(_root)))
             };
+            let rebooter: Arc<dyn Rebooter> = Arc::new(SystemdRebooter { root: _root.clone() });
+            let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
             Backends {
                 firewall: firewall(settings).await,
                 fetcher: fetcher(settings, _root, verifier.clone(), clock.clone()),
                 verifier: verifier.clone(),
                 checkpointer,
                 livepatcher: Arc::new(livepatcher(settings, _root, verifier)),
-                ab_updater: Arc::new(Unavailable("A/B update (RAUC)")),
+                ab_updater: Arc::new(RaucUpdater::new(_root.state_dir(), rebooter.clone(), limits)),
+                rebooter,
                 health: Arc::new(ModbusHealth::new(settings.probes.clone())),
                 clock,
             }
@@ -191,10 +196,17 @@ async fn backends(
             let text = std::env::var("OTPATCH_FAKE_SCRIPT").unwrap_or_default();
             let script = FakeScript::parse(&text).map_err(anyhow::Error::msg)?;
             let mut b = FakeWorld::persistent(&_root.path("/run/otpatch-fake/world.json"), script).backends(clock);
+            // Process tests of one real capability at a time: OTPATCH_REAL_FIREWALL=1 (segmentation), or
+            // OTPATCH_REAL_AB=1 (the bundle verifier and RAUC on the bus; reboots stay fake: the test boots).
             if std::env::var_os("OTPATCH_REAL_FIREWALL").is_some() {
-                // Process tests of segmentation: the real firewall, everything else fake.
                 warn!(script = %text, "running with FAKE backends except the firewall");
                 b.firewall = firewall(settings).await;
+            } else if std::env::var_os("OTPATCH_REAL_AB").is_some() {
+                warn!(script = %text, "running with FAKE backends except the verifier and RAUC");
+                let verifier = Arc::new(BundleVerifier::new(settings, _root, b.clock.clone()));
+                b.verifier = verifier;
+                let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
+                b.ab_updater = Arc::new(RaucUpdater::new(_root.state_dir(), b.rebooter.clone(), limits));
             } else {
                 warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
             }

@@ -83,6 +83,13 @@ otp_not_seen() { ! otp_seen "$1"; }
 # otp_window: watch first (a window that completes before watch subscribed is not seen), then a
 # one-off window starting 3 s from now; waits (bounded) for watch to exit; sets WATCH_RC.
 otp_window() {
+  otp_window_start "$@"
+  otp_window_wait
+}
+
+# otp_watch_start: `otpatchctl watch` in the background, each line to the console and /run/watch.log,
+# its exit code to /run/watch.rc; returns once it has subscribed.
+otp_watch_start() {
   rm -f /run/watch.rc /run/watch.log
   (
     otpatchctl watch --exit-on-complete --max-wait 90s 2>&1 && _rc=0 || _rc=$?
@@ -93,10 +100,33 @@ otp_window() {
   done &
   WATCH_PID=$!
   check watch-subscribed wait_for 20000 test -s /run/watch.log
-  _start=$(date -u -d "@$(( $(date +%s) + 3 ))" +%Y-%m-%dT%H:%M:%SZ)
-  WINDOW_ID=$(otpatchctl window schedule --start "$_start" --duration 10m)
+}
+
+# otp_apply_start: runs the open window again (`otpatchctl apply`: a window that has finished may run again
+# while it is open), watched like otp_window_start; otp_window_wait waits for it.
+otp_apply_start() {
+  otp_watch_start
+  check apply-started otpatchctl apply
+}
+
+# otp_window_start [SECONDS]: the first half of otp_window (watch, schedule a window of SECONDS, default
+# 600); sets WINDOW_ID. /run/watch.log fills as the window goes. A one-off window stays scheduled until its
+# end, so in a scenario with several windows the next one starts when the previous one ends at the earliest.
+OTP_FREE_AT=0
+otp_window_start() {
+  _secs=${1:-600}
+  otp_watch_start
+  _at=$(( $(date +%s) + 3 ))
+  [ "$_at" -ge "$OTP_FREE_AT" ] || _at=$OTP_FREE_AT
+  OTP_FREE_AT=$(( _at + _secs ))
+  _start=$(date -u -d "@$_at" +%Y-%m-%dT%H:%M:%SZ)
+  WINDOW_ID=$(otpatchctl window schedule --start "$_start" --duration "${_secs}s")
   check window-scheduled test -n "$WINDOW_ID"
   info "window $WINDOW_ID starts $_start"
+}
+
+# otp_window_wait: the second half: waits (bounded) for watch to exit; sets WATCH_RC.
+otp_window_wait() {
   check watch-exited wait_for 100000 test -s /run/watch.rc
   wait "$WATCH_PID" || true
   WATCH_RC=$(cat /run/watch.rc)
@@ -119,6 +149,9 @@ otp_evidence() {
   info "state: $(ls -A "$STATE_DIR" | tr '\n' ' ')"
   if [ -s "$STATE_DIR/committed.json" ]; then info "committed.json: $(cat "$STATE_DIR/committed.json" | tr '\n' ' ')"; fi
 }
+
+# otp_watch_saw TEXT: a line of the current window's watch output contains TEXT.
+otp_watch_saw() { grep -q -- "$1" /run/watch.log 2>/dev/null; }
 
 otp_status_has() { otpatchctl --json status | grep -q "$1"; }
 otp_audit_has() { otpatchctl log | grep -q "$1"; }
@@ -155,3 +188,31 @@ otp_refused_checks() {
   check module-not-loaded module_unloaded $LP_NAME
   check no-marker sh -c '! grep -q otpatch.livepatch= /proc/cmdline'
 }
+
+# ---------------------------------------------------------------- the guest's own PLC (CRIU scenarios)
+# A critical process in the guest: otpatch-plcsim serving Modbus on 0.0.0.0:1502 (the host reaches it
+# through QEMU's hostfwd), commands on 127.0.0.1:1503, holding 0 = 50 (the probe's value) and a
+# heartbeat on holding 1 (+1 every second). Started the way a service manager starts a daemon: its own
+# session (setsid), stdio on files, never on the console; /run/plc.pid names it.
+PLC_PID=
+
+# plc_start [EXTRA-SHELL-REDIRECTIONS]: starts it, waits (bounded) until its control port answers.
+plc_start() {
+  rm -f /run/plc.pid
+  # The subshell's & makes setsid's child an orphan of init (which reaps it), not of this script.
+  ( setsid sh -c "echo \$\$ >/run/plc.pid; exec otpatch-plcsim --listen 0.0.0.0:1502 --control 127.0.0.1:1503 \
+      -e 'set h 0 u16 50' -e 'heartbeat h 1 1000' ${1:-</dev/null >/run/plc.log 2>&1}" & )
+  check plc-started wait_for 10000 plc_up
+  PLC_PID=$(cat /run/plc.pid)
+  info "plc pid $PLC_PID: $(cat /proc/$PLC_PID/stat | cut -d' ' -f1-8)"
+}
+
+# plc COMMAND...: one command to the PLC's control port; its reply line.
+plc() { printf '%s\n' "$*" | timeout 3 nc 127.0.0.1 1503 | head -n 1; }
+
+plc_up() { [ -s /run/plc.pid ] && [ "$(plc get h 0)" = 50 ]; }
+
+plc_alive() { [ -d "/proc/$1" ] && ! grep -q '^[0-9]* ([^)]*) Z' "/proc/$1/stat"; }
+
+# The manifest value of KEY (a number) in a pretty-printed manifest.json.
+manifest_num() { sed -n "s/^ *\"$2\": \([0-9][0-9]*\),*$/\1/p" "$1" | head -n 1; }

@@ -11,6 +11,11 @@
       with its round trip. Host arrival times put the host's fault and the
       guest's reaction on one clock (the guest's own clock differs by up to a
       second: it is set from the emulated RTC).
+      With --modbus ADDR (the guest's Modbus port forwarded to the host), a
+      guest line "HIL-ASK modbus tag=T start=S count=N [write=R:V]" makes the
+      host read N holding registers from S over Modbus TCP (function 3), then
+      write V to register R (function 6) when asked, and log
+          HIL-HOST event=modbus tag=T values=V0,V1,... ok=1|0 rtt_ms=N
       Exit status: QEMU's, or 124 on timeout.
 
   timeline LOG
@@ -23,6 +28,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -52,8 +58,50 @@ def inject(addr, command):
     return reply, int((time.monotonic() - t0) * 1000)
 
 
+ASK_MODBUS = re.compile(r"HIL-ASK modbus tag=(\S+) start=(\d+) count=(\d+)(?: write=(\d+):(\d+))?")
+
+
+def modbus_exchange(sock, tid, pdu):
+    """One Modbus TCP request (unit 1); the response's PDU, or an exception."""
+    sock.sendall(struct.pack(">HHHB", tid, 0, len(pdu) + 1, 1) + pdu)
+    head = b""
+    while len(head) < 7:
+        chunk = sock.recv(7 - len(head))
+        if not chunk:
+            raise OSError("connection closed")
+        head += chunk
+    rtid, _, length, _ = struct.unpack(">HHHB", head)
+    body = b""
+    while len(body) < length - 1:
+        chunk = sock.recv(length - 1 - len(body))
+        if not chunk:
+            raise OSError("connection closed")
+        body += chunk
+    if rtid != tid or not body or body[0] & 0x80:
+        raise OSError("modbus exception or mismatched reply: %r" % body)
+    return body
+
+
+def ask_modbus(addr, m):
+    """Answers a guest's HIL-ASK modbus line: reads (and maybe writes) the guest's holding registers."""
+    tag, start, count = m.group(1), int(m.group(2)), int(m.group(3))
+    host, port = addr.rsplit(":", 1)
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.settimeout(5)
+            body = modbus_exchange(s, 1, struct.pack(">BHH", 3, start, count))
+            values = list(struct.unpack(">%dH" % count, body[2:2 + 2 * count]))
+            if m.group(4) is not None:
+                modbus_exchange(s, 2, struct.pack(">BHH", 6, int(m.group(4)), int(m.group(5))))
+        text = "values=%s ok=1" % ",".join(str(v) for v in values)
+    except (OSError, struct.error) as e:
+        text = 'values= ok=0 error="%s"' % e
+    return 'HIL-HOST event=modbus tag=%s %s rtt_ms=%d' % (tag, text, int((time.monotonic() - t0) * 1000))
+
+
 def cmd_run(argv):
-    log = timeout = None
+    log = timeout = modbus = None
     injects = []
     while argv and argv[0] != "--":
         a = argv.pop(0)
@@ -61,12 +109,14 @@ def cmd_run(argv):
             log = argv.pop(0)
         elif a == "--timeout":
             timeout = float(argv.pop(0))
+        elif a == "--modbus":
+            modbus = argv.pop(0)
         elif a == "--inject":
             injects.append([re.compile(argv.pop(0)), argv.pop(0), argv.pop(0)])
         else:
             die("unknown option %s" % a)
     if not argv or log is None or timeout is None:
-        die("usage: run --log LOG --timeout SECS [--inject REGEX ADDR CMD] -- ARGV...")
+        die("usage: run --log LOG --timeout SECS [--inject REGEX ADDR CMD] [--modbus ADDR] -- ARGV...")
     argv.pop(0)
 
     t0 = time.monotonic()
@@ -114,6 +164,9 @@ def cmd_run(argv):
                     inj[0] = None  # once
                     reply, rtt = inject(inj[1], inj[2])
                     emit('HIL-HOST event=inject cmd="%s" reply="%s" rtt_ms=%d' % (inj[2], reply, rtt))
+            ask = ASK_MODBUS.search(line) if modbus else None
+            if ask:
+                emit(ask_modbus(modbus, ask))
     if buf:
         emit(buf.decode(errors="replace").rstrip("\r"))
     if timed_out:
