@@ -274,8 +274,12 @@ impl Setup {
     }
 
     /// The pretend machine's next boot: otpatchd and RAUC stop (as at shutdown), the bootloader picks a slot,
-    /// the boot id changes. Returns the slot booted; RAUC runs again from it.
+    /// the boot id changes to `boot_id` (`boot-N`: the daemon's (N-1)th reboot request is waited for first).
+    /// Returns the slot booted; RAUC runs again from it.
     fn reboot(&mut self, d: Daemon, how: &str, boot_id: &str) -> String {
+        // The daemon asks for the reboot once it journaled Rebooting: wait for the request itself.
+        let asked = boot_id.trim_start_matches("boot-").parse::<u64>().unwrap() - 1;
+        wait_for(Duration::from_secs(20), "the reboot request", || self.reboots() >= asked);
         let st = d.stop();
         assert!(st.success() || st.code().is_some(), "otpatchd stop: {st:?}");
         self.rauc.stop();
