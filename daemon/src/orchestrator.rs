@@ -1010,7 +1010,9 @@ impl Orchestrator {
             Some(uid),
         )
         .map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
-        let id = self.store.schedule.new_id(probe.start, &zone);
+        // Ids of windows that already ran (or were cancelled) are never reused: a reused one would count as done.
+        let done = &self.store.done;
+        let id = self.store.schedule.new_id(probe.start, &zone, &|id| done.contains(id));
         let w = OneOffWindow { id: id.clone(), ..probe };
         let occ = self.store.schedule.add(w, now).map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
         self.save_store();

@@ -490,11 +490,12 @@ impl Schedule {
     }
 
     /// A fresh one-off id not used yet: `w-YYYYMMDD-HHMM` from the start in zone `tz` (UTC if `tz` is unknown),
-    /// with `-2`, `-3`, ... appended if taken.
-    pub fn new_id(&self, start: Timestamp, tz: &str) -> String {
+    /// with `-2`, `-3`, ... appended if taken by a scheduled window or by one that `used` says already ran or was
+    /// cancelled (ended windows leave the schedule, but their ids stay in the daemon's history).
+    pub fn new_id(&self, start: Timestamp, tz: &str, used: &dyn Fn(&str) -> bool) -> String {
         let zone = TimeZone::get(tz).unwrap_or(TimeZone::UTC);
         let base = start.to_zoned(zone).strftime("w-%Y%m%d-%H%M").to_string();
-        let taken = |id: &str| self.one_off.iter().any(|o| o.id == id);
+        let taken = |id: &str| used(id) || self.one_off.iter().any(|o| o.id == id);
         if !taken(&base) {
             return base;
         }

@@ -513,11 +513,15 @@ fn check_recurring_finds_overlaps_including_dst_nights() {
 fn new_id_is_local_and_unique() {
     let mut s = Schedule::new(Vec::new());
     let start = ts("2026-12-01T01:00:00Z");
-    assert_eq!(s.new_id(start, "Europe/Berlin"), "w-20261201-0200");
-    assert_eq!(s.new_id(start, "America/New_York"), "w-20261130-2000");
-    assert_eq!(s.new_id(start, "not a zone"), "w-20261201-0100");
+    let none = |_: &str| false;
+    assert_eq!(s.new_id(start, "Europe/Berlin", &none), "w-20261201-0200");
+    assert_eq!(s.new_id(start, "America/New_York", &none), "w-20261130-2000");
+    assert_eq!(s.new_id(start, "not a zone", &none), "w-20261201-0100");
+    // An id a finished window had is not handed out again.
+    let ran = |id: &str| id == "w-20261201-0200";
+    assert_eq!(s.new_id(start, "Europe/Berlin", &ran), "w-20261201-0200-2");
     for expected in ["w-20261201-0200", "w-20261201-0200-2", "w-20261201-0200-3"] {
-        let id = s.new_id(start, "Europe/Berlin");
+        let id = s.new_id(start, "Europe/Berlin", &none);
         assert_eq!(id, expected);
         let mut w = ok_one_off(&id, "2026-12-01T02:00", "1h", None);
         // Different days, so they do not overlap; only the id collides.
