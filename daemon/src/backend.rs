@@ -23,9 +23,22 @@ pub mod unavailable;
 #[error("{0}")]
 pub struct BackendError(pub String);
 
+/// How a livepatch that does not fit the running kernel is refused: the message starts with this, so the
+/// orchestrator can tell it from other refusals (and fall back to the policy's A/B bundle).
+const KERNEL_MISMATCH: &str = "does not fit the running kernel: ";
+
 impl BackendError {
     pub fn new(msg: impl fmt::Display) -> Self {
         BackendError(msg.to_string())
+    }
+
+    /// A livepatch for another kernel (release, vermagic or build id).
+    pub fn kernel_mismatch(msg: impl fmt::Display) -> Self {
+        BackendError(format!("{KERNEL_MISMATCH}{msg}"))
+    }
+
+    pub fn is_kernel_mismatch(&self) -> bool {
+        self.0.starts_with(KERNEL_MISMATCH)
     }
 }
 
@@ -92,6 +105,10 @@ pub enum FetchOutcome {
 #[async_trait]
 pub trait Fetcher: Send + Sync {
     async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome>;
+    /// Downloads the bundle the server's signed index lists under file name `file` (the policy's A/B fallback).
+    async fn fetch_named(&self, _window: &WindowCtx, file: &str, _progress: ProgressFn) -> BackendResult<BundleRef> {
+        Err(BackendError::new(format!("this fetcher cannot fetch {file} by name")))
+    }
 }
 
 #[async_trait]

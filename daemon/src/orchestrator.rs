@@ -811,12 +811,19 @@ impl Orchestrator {
                     Err(e) => Event::FetchFailed { error: e.to_string() },
                 }
             }),
-            Action::Verify { bundle } => Box::pin(async move {
-                match b.verifier.verify(&bundle).await {
-                    Ok(v) => Event::Verified { bundle: v },
-                    Err(e) => Event::VerifyFailed { error: e.to_string() },
-                }
-            }),
+            Action::Verify { bundle } => {
+                let fallback = self.settings.ab.fallback_bundle.clone();
+                let window = self.state.window().cloned();
+                Box::pin(async move {
+                    match b.verifier.verify(&bundle).await {
+                        Ok(v) => Event::Verified { bundle: v },
+                        Err(e) => match (e.is_kernel_mismatch(), fallback, window) {
+                            (true, Some(file), Some(window)) => ab_fallback(&b, &window, &file, e, progress).await,
+                            _ => Event::VerifyFailed { error: e.to_string() },
+                        },
+                    }
+                })
+            }
             Action::Checkpoint { window } => Box::pin(async move {
                 match b.checkpointer.checkpoint(&window).await {
                     Ok(checkpoint) => Event::CheckpointTaken { checkpoint },
@@ -1218,6 +1225,32 @@ impl Orchestrator {
                 false
             }
         });
+    }
+}
+
+/// A livepatch that does not fit the running kernel, with `[ab] fallback_bundle` set: that RAUC bundle, from the
+/// signed index, verified like any other, takes its place in the window.
+async fn ab_fallback(
+    b: &crate::backend::Backends,
+    window: &WindowCtx,
+    file: &str,
+    why: crate::backend::BackendError,
+    progress: ProgressFn,
+) -> Event {
+    warn!(window = %window.id, fallback = %file, reason = %why, "livepatch does not fit this kernel: A/B fallback");
+    progress(-1, format!("livepatch does not fit this kernel; fetching the A/B fallback {file}"));
+    let refused = |e: String| Event::VerifyFailed { error: format!("{why}; A/B fallback {file}: {e}") };
+    let bundle = match b.fetcher.fetch_named(window, file, progress).await {
+        Ok(r) => r,
+        Err(e) => return refused(e.to_string()),
+    };
+    match b.verifier.verify(&bundle).await {
+        Ok(v) if v.kind == PatchKind::Ab => {
+            info!(window = %window.id, version = %v.version, "A/B fallback bundle verified");
+            Event::Verified { bundle: v }
+        }
+        Ok(v) => refused(format!("is a {} bundle, not a RAUC bundle", v.kind)),
+        Err(e) => refused(e.to_string()),
     }
 }
 

@@ -87,7 +87,12 @@ impl BundleVerifier {
             now: self.now(&committed),
             kernel_release: self.kernel_release(),
         };
-        bundle::verify(path, self.trust()?, &exp).map_err(|e| BackendError::new(format!("{}: {e}", path.display())))
+        bundle::verify(path, self.trust()?, &exp).map_err(|e| match e {
+            bundle::BundleError::KernelMismatch { .. } => {
+                BackendError::kernel_mismatch(format!("{}: {e}", path.display()))
+            }
+            e => BackendError::new(format!("{}: {e}", path.display())),
+        })
     }
 
     /// Raises the clock floor to a verified signing time (never lowers it).
@@ -411,6 +416,19 @@ mod tests {
         let b = make_bundle_with(&s, "1.0.0", "6.1.0-28-amd64", "6.1.0-28-rt-amd64");
         let e = Verifier::verify(&s.verifier, &BundleRef { path: b, size: 0 }).await.unwrap_err();
         assert!(e.0.contains("vermagic mismatch"), "{e}");
+        assert!(e.is_kernel_mismatch(), "a kernel mismatch is told apart (for the A/B fallback): {e}");
+        // So is a manifest naming another kernel release.
+        let b = make_bundle_with(&s, "1.0.1", "6.1.0-99-amd64", "6.1.0-99-amd64");
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: b, size: 0 }).await.unwrap_err();
+        assert!(e.is_kernel_mismatch(), "{e}");
+        // A bad signature is not one.
+        let b = make_bundle_with(&s, "1.0.2", "6.1.0-28-amd64", "6.1.0-28-amd64");
+        let mut bytes = std::fs::read(&b).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0x01;
+        std::fs::write(&b, &bytes).unwrap();
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: b, size: 0 }).await.unwrap_err();
+        assert!(!e.is_kernel_mismatch(), "{e}");
     }
 
     #[test]

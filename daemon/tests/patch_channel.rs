@@ -434,6 +434,24 @@ fn publish_index(n: &Nginx, issued: &str, expires: &str, entries: serde_json::Va
     );
 }
 
+/// The fetcher for gateway `acme-gw` over `n`, trusting the index signer's CA, keeping its state in `state`.
+fn index_fetcher(
+    n: &Nginx,
+    state: &Path,
+    installed: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+) -> otpatchd::fetch::HttpsFetcher {
+    let trust = otpatch_common::bundle::TrustStore::from_pem_files(&[n.path("sign-ca.pem")], &[], None).unwrap();
+    otpatchd::fetch::HttpsFetcher {
+        channel: n.channel(),
+        compatible: "acme-gw".into(),
+        max_download: 16 << 20,
+        state_dir: state.to_path_buf(),
+        verifier: Arc::new(AnchorIndex(trust)),
+        installed,
+        clock: Arc::new(otpatchd::backend::SystemClock),
+    }
+}
+
 #[test]
 fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_ones() {
     use otpatchd::backend::{FetchOutcome, Fetcher};
@@ -447,19 +465,10 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     let day = jiff::SignedDuration::from_hours(24);
     let now = jiff::Timestamp::now();
     publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry("1.2.0"));
-    let trust = otpatch_common::bundle::TrustStore::from_pem_files(&[n.path("sign-ca.pem")], &[], None).unwrap();
     let state = tempfile::tempdir().unwrap();
     let installed = Arc::new(std::sync::Mutex::new(None::<String>));
     let i2 = installed.clone();
-    let fetcher = otpatchd::fetch::HttpsFetcher {
-        channel: n.channel(),
-        compatible: "acme-gw".into(),
-        max_download: 16 << 20,
-        state_dir: state.path().to_path_buf(),
-        verifier: Arc::new(AnchorIndex(trust)),
-        installed: Arc::new(move || i2.lock().unwrap().clone()),
-        clock: Arc::new(otpatchd::backend::SystemClock),
-    };
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(move || i2.lock().unwrap().clone()));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
     match r.block_on(fetcher.fetch(&window, no_progress())).unwrap() {
@@ -492,4 +501,42 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     std::fs::write(&idx, text).unwrap();
     let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
     assert!(e.0.contains("signature refused"), "{e}");
+}
+
+#[test]
+fn a_fallback_bundle_is_fetched_by_name_only_when_the_signed_index_lists_it_for_this_gateway() {
+    use otpatchd::backend::Fetcher;
+    let n = nginx();
+    index_signer(n.dir.path());
+    let lp = n.publish("lp-2.1.1.otb", 50_000);
+    let os = n.publish("gateway-os-2.1.raucb", 120_000);
+    let other = n.publish("other-os.raucb", 1_000);
+    let day = jiff::SignedDuration::from_hours(24);
+    let now = jiff::Timestamp::now();
+    publish_index(
+        &n,
+        &(now - day).to_string(),
+        &(now + day).to_string(),
+        serde_json::json!([
+            {"compatible": "acme-gw", "version": "2.1.1", "kind": "livepatch", "file": "lp-2.1.1.otb",
+             "size": 50_000, "sha256": lp},
+            {"compatible": "acme-gw", "version": "2.1.0", "kind": "rauc", "file": "gateway-os-2.1.raucb",
+             "size": 120_000, "sha256": os},
+            {"compatible": "someone-else", "version": "9.0", "kind": "rauc", "file": "other-os.raucb",
+             "size": 1_000, "sha256": other},
+        ]),
+    );
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
+    let r = rt();
+    let b = r.block_on(fetcher.fetch_named(&window, "gateway-os-2.1.raucb", no_progress())).unwrap();
+    assert_eq!(b.path, state.path().join("bundles/gateway-os-2.1.raucb"));
+    assert_eq!(std::fs::metadata(&b.path).unwrap().len(), 120_000);
+    // A file on the server that the index does not list for this gateway is not fetched.
+    let e = r.block_on(fetcher.fetch_named(&window, "other-os.raucb", no_progress())).unwrap_err();
+    assert!(e.0.contains("not in the patch server's signed index for acme-gw"), "{e}");
+    assert!(!state.path().join("bundles/other-os.raucb").exists());
+    let e = r.block_on(fetcher.fetch_named(&window, "missing.raucb", no_progress())).unwrap_err();
+    assert!(e.0.contains("not in the patch server's signed index"), "{e}");
 }

@@ -22,7 +22,8 @@ use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowC
 /// What the fakes should do. Text form (env `OTPATCH_FAKE_SCRIPT`): comma-separated `key=value`:
 /// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, rollback, lift,
 /// restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
-/// `nothing-to-fetch=true`, `version=<v>`, `kind=livepatch|ab`, `bundle=<path>` (what the fetcher "downloads").
+/// `nothing-to-fetch=true`, `version=<v>`, `kind=livepatch|ab`, `bundle=<path>` (what the fetcher "downloads"),
+/// `kernel-mismatch=true` (the fetched livepatch does not fit the kernel; a bundle fetched by name is a RAUC one).
 /// The A/B fake installs into slot `B` and "reboots" by recording the call (the test then restarts the daemon with
 /// another boot id and booted slot in the world file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,7 @@ pub struct FakeScript {
     pub kind: PatchKind,
     /// The file the fetcher hands on, instead of a made-up path.
     pub bundle: Option<PathBuf>,
+    pub kernel_mismatch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,7 @@ impl Default for FakeScript {
             version: "1.0.1".into(),
             kind: PatchKind::Livepatch,
             bundle: None,
+            kernel_mismatch: false,
         }
     }
 }
@@ -89,6 +92,7 @@ impl FakeScript {
                     }
                 }
                 "bundle" => s.bundle = Some(PathBuf::from(v)),
+                "kernel-mismatch" => s.kernel_mismatch = v == "true",
                 _ => return Err(format!("fake script: unknown key {k:?}")),
             }
         }
@@ -267,6 +271,12 @@ impl Fetcher for FakeWorld {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(4096);
         Ok(FetchOutcome::Bundle(BundleRef { path, size }))
     }
+
+    async fn fetch_named(&self, window: &WindowCtx, file: &str, _progress: ProgressFn) -> BackendResult<BundleRef> {
+        self.step("fetch").await?;
+        self.record(format!("fetch-named {} {file}", window.id), |_| {});
+        Ok(BundleRef { path: PathBuf::from(format!("/var/lib/otpatch/bundles/{file}")), size: 4096 })
+    }
 }
 
 #[async_trait]
@@ -274,9 +284,16 @@ impl Verifier for FakeWorld {
     async fn verify(&self, bundle: &BundleRef) -> BackendResult<VerifiedBundle> {
         self.step("verify").await?;
         self.record(format!("verify {}", bundle.path.display()), |_| {});
+        let named_ab = bundle.path.extension().is_some_and(|e| e == "raucb");
+        if self.script.kernel_mismatch && !named_ab {
+            return Err(BackendError::kernel_mismatch(format!(
+                "{}: vermagic 6.1.0-99-amd64 (fake)",
+                bundle.path.display()
+            )));
+        }
         Ok(VerifiedBundle {
             path: bundle.path.clone(),
-            kind: self.script.kind,
+            kind: if named_ab { PatchKind::Ab } else { self.script.kind },
             compatible: "otpatch-demo".into(),
             version: self.script.version.clone(),
             digest: format!("fake-digest-{}", self.script.version),

@@ -434,6 +434,30 @@ impl HttpsFetcher {
 #[async_trait]
 impl Fetcher for HttpsFetcher {
     async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome> {
+        let idx = self.index(window, &progress).await?;
+        let installed = (self.installed)();
+        let Some(entry) = idx.pick(&self.compatible, installed.as_deref()) else {
+            return Ok(FetchOutcome::NothingNewer);
+        };
+        Ok(FetchOutcome::Bundle(self.get(entry, &progress).await?))
+    }
+
+    async fn fetch_named(&self, window: &WindowCtx, file: &str, progress: ProgressFn) -> BackendResult<BundleRef> {
+        let idx = self.index(window, &progress).await?;
+        // Only what the signed index lists (with its size and digest), and only for this gateway.
+        let Some(entry) = idx.bundles.iter().find(|e| e.file == file && e.compatible == self.compatible) else {
+            return Err(BackendError::new(format!(
+                "{file} is not in the patch server's signed index for {}",
+                self.compatible
+            )));
+        };
+        self.get(entry, &progress).await
+    }
+}
+
+impl HttpsFetcher {
+    /// Reads, verifies and checks the signed index (signature, freshness, no replay), and remembers it.
+    async fn index(&self, window: &WindowCtx, progress: &ProgressFn) -> BackendResult<Index> {
         progress(-1, "reading the patch server's index".into());
         let content = self.channel.get_small("index.json", 1 << 20).await?;
         let sig = self.channel.get_small("index.json.sig", 256 << 10).await?;
@@ -448,19 +472,20 @@ impl Fetcher for HttpsFetcher {
         let text = serde_json::to_vec(&state).map_err(|e| BackendError::new(e.to_string()))?;
         write_atomic(&self.state_path(), &text).map_err(|e| BackendError::new(format!("saving index state: {e}")))?;
         tracing::info!(window = %window.id, signer = %signer, bundles = idx.bundles.len(), "index accepted");
-        let installed = (self.installed)();
-        let Some(entry) = idx.pick(&self.compatible, installed.as_deref()) else {
-            return Ok(FetchOutcome::NothingNewer);
-        };
+        Ok(idx)
+    }
+
+    /// Downloads one index entry (resumable, size and digest checked) into `<state>/bundles/`.
+    async fn get(&self, entry: &IndexEntry, progress: &ProgressFn) -> BackendResult<BundleRef> {
         let dest = self.state_dir.join("bundles").join(&entry.file);
         let part_dir = self.state_dir.join("downloads");
         let staging = part_dir.join(&entry.file);
-        self.channel.download(&entry.file, &staging, entry.size, &entry.sha256, self.max_download, &progress).await?;
+        self.channel.download(&entry.file, &staging, entry.size, &entry.sha256, self.max_download, progress).await?;
         if let Some(dir) = dest.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
         }
         tokio::fs::rename(&staging, &dest).await.map_err(|e| BackendError::new(format!("{}: {e}", dest.display())))?;
-        Ok(FetchOutcome::Bundle(BundleRef { path: dest, size: entry.size }))
+        Ok(BundleRef { path: dest, size: entry.size })
     }
 }
 

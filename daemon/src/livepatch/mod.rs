@@ -133,7 +133,8 @@ pub fn check_module(root: &Sysroot, ko: &Path, pinned_build_id: Option<&str>) ->
         ),
         None => None,
     };
-    info.check_against(&release, reference.as_deref(), pinned_build_id, build_id.as_deref()).map_err(BackendError)?;
+    info.check_against(&release, reference.as_deref(), pinned_build_id, build_id.as_deref())
+        .map_err(|e| BackendError::kernel_mismatch(format!("{}: {e}", ko.display())))?;
     Ok(info)
 }
 

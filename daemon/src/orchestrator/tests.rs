@@ -505,3 +505,41 @@ async fn a_committed_livepatch_is_reapplied_after_a_reboot_and_only_then() {
     assert!(audit.contains(r#""kind":"boot-reapply""#), "{audit}");
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_livepatch_for_another_kernel_falls_back_to_the_policys_ab_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(script(|s| s.kernel_mismatch = true));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let policy = settings("[ab]\nfallback_bundle = \"gateway-os-2.1.raucb\"\n");
+    let r = start(dir.path(), &world, clock, policy).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    // No reboot allowed by the policy: the RAUC bundle is installed and waits for one.
+    assert_eq!(r.completed(&mut notices).await, "installed 1.0.1 into slot B, reboot pending");
+    let w = world.snapshot();
+    let calls: Vec<&str> = w.calls.iter().map(String::as_str).collect();
+    assert!(calls.contains(&"fetch-named w-20261201-0010 gateway-os-2.1.raucb"), "{calls:?}");
+    assert!(calls.contains(&"ab.apply 1.0.1"), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("livepatch.apply")), "{calls:?}");
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_fallback_a_livepatch_for_another_kernel_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(script(|s| s.kernel_mismatch = true));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("failed: bundle rejected: does not fit the running kernel"), "{outcome}");
+    let w = world.snapshot();
+    assert!(
+        !w.calls.iter().any(|c| ["fetch-named", "livepatch.apply", "ab.apply"].iter().any(|p| c.starts_with(p))),
+        "{:?}",
+        w.calls
+    );
+    r.stop().await;
+}
