@@ -420,6 +420,50 @@ fn without_reboot_permission_the_update_is_staged_and_reported_pending() {
     assert!(text(&o).contains("reboot pending"), "{}", text(&o));
 }
 
+/// A window stages 2.1.0 (no reboot allowed); later the operator reboots (not asked for by otpatchd) and the
+/// bootloader boots B. otpatchd is not running yet.
+fn staged_then_booted_by_hand() -> (Setup, PathBuf) {
+    let mut s = setup("never");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    s.schedule();
+    assert_eq!(s.outcome(&d, Duration::from_secs(60)), "installed 2.1.0 into slot B, reboot pending");
+    let st = d.stop();
+    assert!(st.code().is_some() || st.success(), "{st:?}");
+    s.rauc.stop();
+    assert_eq!(s.rauc.boot("boot"), "B");
+    s.rauc.start("B");
+    (s, b)
+}
+
+/// A staged slot booted later (by hand, outside any window) is observed first, then marked good and recorded as
+/// committed; no reboot is asked for.
+#[test]
+fn a_staged_slot_booted_later_is_observed_then_marked_good() {
+    let (s, b) = staged_then_booted_by_hand();
+    let d = s.daemon(&format!("bundle={},health=healthy", b.display()));
+    let outcome = s.outcome(&d, Duration::from_secs(60));
+    assert_eq!(outcome, "committed 2.1.0", "{}", d.log_text());
+    assert!(s.rauc.log().contains("marked slot rootfs.1 as good"), "{}", s.rauc.log());
+    assert!(s.gw.audit_text().contains("staged-boot"));
+    assert_eq!(s.reboots(), 0);
+    assert!(!s.install_record());
+}
+
+/// A staged slot booted later that the plant does not run well on is given up: marked bad, back to A.
+#[test]
+fn a_staged_slot_booted_later_with_failing_health_goes_back_to_the_old_slot() {
+    let (mut s, b) = staged_then_booted_by_hand();
+    let d = s.daemon(&format!("bundle={},health=fail,health-fail-after=300ms", b.display()));
+    assert_eq!(s.reboot(d, "boot", "boot-2"), "A", "the bootloader must go back to A");
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let outcome = s.outcome(&d, Duration::from_secs(60));
+    assert!(outcome.starts_with("rolled-back: health failed"), "{outcome}\n{}", d.log_text());
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad");
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
+}
+
 /// A bundle for another gateway is refused by otpatchd's verifier before RAUC sees it.
 #[test]
 fn incompatible_bundle_is_refused_before_rauc_sees_it() {

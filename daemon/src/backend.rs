@@ -152,6 +152,11 @@ pub trait Patcher: Send + Sync {
     async fn is_applied(&self, _bundle: &VerifiedBundle) -> BackendResult<bool> {
         Ok(false)
     }
+    /// The change running now that was installed but never confirmed (an A/B slot staged in a window, booted
+    /// later): it must be observed before it is kept.
+    async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
+        Ok(None)
+    }
     /// The boot name of the slot the system runs from (A/B updaters only).
     async fn booted_slot(&self) -> BackendResult<String> {
         Err(BackendError::new("this patcher has no slots"))

@@ -261,6 +261,12 @@ pub enum Event {
         slot: String,
         boot_id: String,
     },
+    /// At start, with no window in progress: the gateway runs an A/B slot that was staged (installed, reboot
+    /// pending) and never confirmed. `window` is the confirmation's own span (the observation must fit in it).
+    StagedBooted {
+        window: WindowCtx,
+        bundle: VerifiedBundle,
+    },
     ApplyFailed {
         error: String,
     },
@@ -524,6 +530,7 @@ impl Event {
             Event::Installed { .. } => "installed",
             Event::RebootFailed { .. } => "reboot-failed",
             Event::Booted { .. } => "booted",
+            Event::StagedBooted { .. } => "staged-booted",
             Event::ApplyFailed { .. } => "apply-failed",
             Event::Healthy => "healthy",
             Event::Degraded { .. } => "degraded",
@@ -674,6 +681,13 @@ impl Engine {
             }
             (S::Idle | S::Scheduled { .. } | S::Closed { .. }, E::Unschedule) => S::Idle,
             (S::Scheduled { window }, E::Start) => S::Arming { window: window.clone() },
+            // A staged slot is running: it is observed before it is kept (Mark good) or given up (Mark bad,
+            // back to the other slot). There is no checkpoint: the boot restarted every process.
+            (S::Idle | S::Scheduled { .. } | S::Closed { .. }, E::StagedBooted { window, bundle }) => S::Observing {
+                window: window.clone(),
+                bundle: bundle.clone(),
+                checkpoint: CheckpointRef { id: format!("none-{}", window.id), processes: Vec::new() },
+            },
             (S::Scheduled { window }, E::Deadline) => fail(window, Reason::DeadlineExpired),
             (S::Scheduled { window }, E::Cancel { uid }) => fail(window, Reason::Cancelled(*uid)),
 

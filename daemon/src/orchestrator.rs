@@ -293,6 +293,7 @@ impl Orchestrator {
         );
         me.recover().await;
         me.reapply_committed().await;
+        me.confirm_staged().await;
         let handle = Handle { commands: cmd_tx, access_group: me.access_group.clone(), status: status_rx, notices };
         Ok((me, handle, cmd_rx))
     }
@@ -346,6 +347,42 @@ impl Orchestrator {
         if let Some(ev) = self.run_actions(actions).await {
             self.feed(ev).await;
         }
+        self.publish();
+    }
+
+    /// At start, with no window in progress: an A/B slot that a window staged (installed, reboot pending) and that
+    /// the gateway now runs is observed before it is kept — the same observation, commit and rollback as inside a
+    /// window, in a span of its own (`<window>-confirm`, twice the observation period plus ten minutes).
+    async fn confirm_staged(&mut self) {
+        if self.state.in_progress() {
+            return;
+        }
+        let bundle = match self.backends.ab_updater.unconfirmed().await {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "cannot tell whether a staged A/B update is running");
+                self.status.send_modify(|s| s.last_error = format!("staged A/B update: {e}"));
+                return;
+            }
+        };
+        let now = self.now();
+        let span = self.settings.rollback.observation * 2 + Duration::from_secs(600);
+        let end = now + jiff::SignedDuration::try_from(span).unwrap_or(jiff::SignedDuration::from_hours(1));
+        let id = format!("ab-{}-confirm", bundle.version);
+        let window = WindowCtx { id: id.clone(), start: now, end, auto_start: true };
+        warn!(window = %id, version = %bundle.version, "running a staged A/B update that was never confirmed: observing it");
+        self.audit_log(
+            "staged-boot",
+            Some(&id),
+            None,
+            serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
+        );
+        if let Err(e) = self.backends.health.baseline().await {
+            // Without a baseline the observation still checks the probes' limits; say what is missing.
+            warn!(error = %e, "no health baseline for the staged update's observation");
+        }
+        self.feed(Event::StagedBooted { window, bundle }).await;
         self.publish();
     }
 

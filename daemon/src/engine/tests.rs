@@ -253,15 +253,20 @@ fn ab_update_reboots_inside_the_window_and_is_kept_after_observation_on_the_new_
     assert_eq!(actions, vec![Action::ConfirmBoot { slot: "B".into(), boot_id: "boot-1".into() }]);
     let (observing, actions) =
         engine.step(&rebooting, &Event::Booted { slot: "B".into(), boot_id: "boot-2".into() }).unwrap();
+    // Health failing on the new slot rolls back (the A/B updater marks it bad and boots the old one).
+    observed_then_kept_or_rolled_back(&engine, &observing, actions);
+}
+
+/// `observing` observes, keeps `verified(1)` when healthy and rolls it back when health fails.
+fn observed_then_kept_or_rolled_back(engine: &Engine, observing: &State, actions: Vec<Action>) {
     assert_eq!(observing.name(), "observing");
     assert!(matches!(actions[..], [Action::Observe { .. }]));
-    let (committed, actions) = engine.step(&observing, &Event::Healthy).unwrap();
+    let (committed, actions) = engine.step(observing, &Event::Healthy).unwrap();
     assert_eq!(committed.name(), "committed");
     assert!(actions.contains(&Action::Commit { bundle: verified(1) }));
-    // Health failing on the new slot rolls back (the A/B updater marks it bad and boots the old one).
-    let (rolling, actions) = engine.step(&observing, &Event::HealthFailed { reason: "r".into() }).unwrap();
+    let (rolling, actions) = engine.step(observing, &Event::HealthFailed { reason: "r".into() }).unwrap();
     assert_eq!(rolling.name(), "rolling-back");
-    assert!(matches!(actions[..], [Action::Rollback { .. }]));
+    assert!(matches!(&actions[..], [Action::Rollback { bundle, .. }] if *bundle == verified(1)));
 }
 
 #[test]
@@ -296,6 +301,21 @@ fn ab_update_without_reboot_permission_is_staged_and_the_window_ends() {
     let (closed, _) = engine.step(&staged, &Event::Lifted).unwrap();
     let State::Closed { outcome, .. } = &closed else { panic!("{closed:?}") };
     assert_eq!(outcome.to_string(), "installed 1.1 into slot B, reboot pending");
+}
+
+#[test]
+fn a_staged_slot_running_after_a_reboot_is_observed_then_kept_or_given_up() {
+    let engine = Engine::default();
+    let closed =
+        State::Closed { window: window("w1"), outcome: Outcome::Staged { version: "1.1".into(), slot: "B".into() } };
+    let ev = Event::StagedBooted { window: window("w1-confirm"), bundle: verified(1) };
+    let (observing, actions) = engine.step(&closed, &ev).unwrap();
+    observed_then_kept_or_rolled_back(&engine, &observing, actions);
+    // Never in the middle of a window.
+    let mut events = happy_prefix();
+    events.truncate(3);
+    let arming = run(&engine, &events).last().unwrap().0.clone();
+    assert!(engine.step(&arming, &ev).is_err());
 }
 
 #[test]
@@ -364,6 +384,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         Just(Event::Applied),
         Just(Event::ApplyFailed { error: "e".into() }),
         Just(Event::Installed { slot: "B".into(), boot_id: "boot-1".into() }),
+        Just(Event::StagedBooted { window: window("w-confirm"), bundle: verified(2) }),
         Just(Event::RebootFailed { error: "e".into() }),
         (prop_oneof![Just("A"), Just("B")], prop_oneof![Just("boot-1"), Just("boot-2")])
             .prop_map(|(s, b)| Event::Booted { slot: s.into(), boot_id: b.into() }),
@@ -454,6 +475,15 @@ fn observe_event(state_before: &State, event: &Event, track: &mut Track) {
         Event::Start => *track = Track::default(),
         Event::Verified { bundle } => track.verified = Some(bundle.clone()),
         Event::CheckpointTaken { checkpoint } => track.checkpoint = Some(checkpoint.clone()),
+        Event::StagedBooted { window, bundle } if !state_before.in_progress() => {
+            // A staged slot runs: the change is in place, with no checkpoint of this boot's processes.
+            *track = Track {
+                verified: Some(bundle.clone()),
+                checkpoint: Some(CheckpointRef { id: format!("none-{}", window.id), processes: Vec::new() }),
+                segment_requested: false,
+                change_possible: true,
+            };
+        }
         Event::Lifted if state_before.in_progress() => track.segment_requested = false,
         _ => {}
     }

@@ -67,6 +67,9 @@ pub struct InstallRecord {
     pub bootname: String,
     /// The boot name of the slot that ran when it was installed.
     pub from: String,
+    /// The bundle, as verified, for the observation of a staged slot booted later.
+    #[serde(default)]
+    pub bundle: Option<VerifiedBundle>,
 }
 
 /// Which bus RAUC is on: the system bus (`DBUS_SYSTEM_BUS_ADDRESS` moves it, as for the daemon's own service).
@@ -287,6 +290,7 @@ impl Patcher for RaucUpdater {
             slot: primary.clone(),
             bootname: bootname.clone(),
             from: booted,
+            bundle: Some(bundle.clone()),
         })?;
         progress(100, format!("RAUC: {} installed into {primary} ({bootname})", bundle.version));
         Ok(Applied::Installed { slot: bootname })
@@ -343,6 +347,20 @@ impl Patcher for RaucUpdater {
     async fn is_applied(&self, _bundle: &VerifiedBundle) -> BackendResult<bool> {
         let Some(r) = self.load_record()? else { return Ok(false) };
         Ok(self.booted_slot().await? == r.bootname)
+    }
+
+    async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
+        let Some(r) = self.load_record()? else { return Ok(None) };
+        if self.booted_slot().await? != r.bootname {
+            return Ok(None);
+        }
+        match r.bundle {
+            Some(b) => Ok(Some(b)),
+            None => Err(BackendError::new(format!(
+                "slot {} runs {} unconfirmed, but its install record does not say which bundle",
+                r.slot, r.version
+            ))),
+        }
     }
 
     async fn booted_slot(&self) -> BackendResult<String> {
