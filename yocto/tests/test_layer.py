@@ -131,6 +131,7 @@ class DistFiles(unittest.TestCase):
         "io.otpatch.Daemon1.xml": ("${datadir}/dbus-1/interfaces/io.otpatch.Daemon1.xml", "${PN}-dev"),
         "otpatch.sysusers.conf": ("${nonarch_libdir}/sysusers.d/otpatch.conf", "otpatchd"),
         "otpatch.tmpfiles.conf": ("${nonarch_libdir}/tmpfiles.d/otpatch.conf", "otpatchd"),
+        "otpatchd-criu.conf": ("${systemd_system_unitdir}/otpatchd.service.d/criu.conf", "otpatchd-criu"),
     }
 
     @classmethod

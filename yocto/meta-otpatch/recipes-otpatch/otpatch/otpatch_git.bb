@@ -27,6 +27,9 @@ do_install:append() {
     install -Dm 0644 ${S}/daemon/dist/io.otpatch.Daemon1.xml ${D}${datadir}/dbus-1/interfaces/io.otpatch.Daemon1.xml
     install -Dm 0644 ${S}/daemon/dist/otpatch.sysusers.conf ${D}${nonarch_libdir}/sysusers.d/otpatch.conf
     install -Dm 0644 ${S}/daemon/dist/otpatch.tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/otpatch.conf
+    # Only for gateways with critical processes (package otpatchd-criu): lifts the unit's sandboxing that CRIU
+    # preflight refuses or that restored processes would inherit.
+    install -Dm 0644 ${S}/daemon/dist/otpatchd-criu.conf ${D}${systemd_system_unitdir}/otpatchd.service.d/criu.conf
 
     # Vendor defaults: replaced by every package update, overridden key by key by /etc/otpatch.
     install -Dm 0644 ${S}/policies/vendor/00-defaults.toml ${D}${nonarch_libdir}/otpatch/policy.d/00-defaults.toml
@@ -43,7 +46,7 @@ do_install:append() {
 }
 
 # ${PN} itself stays an empty meta-package, so IMAGE_INSTALL += "otpatch" pulls in both programs.
-PACKAGE_BEFORE_PN += "otpatchd otpatchctl ${PN}-zsh-completion ${PN}-fish-completion"
+PACKAGE_BEFORE_PN += "otpatchd-criu otpatchd otpatchctl ${PN}-zsh-completion ${PN}-fish-completion"
 ALLOW_EMPTY:${PN} = "1"
 
 FILES:otpatchd += "\
@@ -56,6 +59,7 @@ FILES:otpatchd += "\
     ${sysconfdir}/otpatch/policy.d \
 "
 FILES:otpatchctl += "${bindir}/otpatchctl"
+FILES:otpatchd-criu += "${systemd_system_unitdir}/otpatchd.service.d/criu.conf"
 FILES:${PN}-zsh-completion += "${datadir}/zsh/site-functions"
 FILES:${PN}-fish-completion += "${datadir}/fish/vendor_completions.d"
 # The D-Bus contract is for people writing SCADA/HMI clients, not needed at run time.
@@ -66,6 +70,8 @@ FILES:${PN}-dev += "${datadir}/dbus-1/interfaces"
 # nftables is the preferred segmentation backend (iptables is the fallback).
 RDEPENDS:${PN} = "otpatchctl otpatchd"
 RDEPENDS:otpatchd = "dbus"
+# Checkpoints of critical processes: CRIU itself and the unit drop-in it needs.
+RDEPENDS:otpatchd-criu = "criu otpatchd"
 RRECOMMENDS:otpatchd = "otpatchctl virtual-otpatch-site-config nftables"
 
 SYSTEMD_PACKAGES = "otpatchd"
