@@ -393,8 +393,64 @@ pub(crate) fn hash_range(
     Ok(ctx.finish())
 }
 
+/// SHA-256 (hex) of manifest bytes: what identifies a bundle.
+fn manifest_sha256(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+impl Verified {
+    /// A bundle of `format` whose `manifest` (parsed from `manifest_bytes`) was signed as `outcome` says.
+    pub(crate) fn new(
+        format: BundleFormat,
+        manifest: Manifest,
+        manifest_bytes: &[u8],
+        outcome: &cms::SignerOutcome,
+        payload_offsets: Vec<u64>,
+    ) -> Verified {
+        Verified {
+            format,
+            kind: manifest.kind.clone(),
+            compatible: manifest.compatible.clone(),
+            version: manifest.version.clone(),
+            digest: manifest_sha256(manifest_bytes),
+            signer: outcome.signer.subject.clone(),
+            signing_time: outcome.signing_time,
+            payloads: manifest.payloads.clone(),
+            manifest,
+            payload_offsets,
+            chain: outcome.chain.iter().map(|c| c.summary()).collect(),
+        }
+    }
+}
+
+impl InspectReport {
+    /// What `inspect` shows before any trust check: structure, manifest and the certificates `cms` carries.
+    pub(crate) fn unchecked(
+        path: &Path,
+        format: BundleFormat,
+        size: u64,
+        manifest: Manifest,
+        manifest_bytes: &[u8],
+        cms: &[u8],
+    ) -> InspectReport {
+        let (chain, signer, digest_algorithm) = cms_chain_summary(cms);
+        InspectReport {
+            path: path.to_path_buf(),
+            format,
+            size,
+            manifest_digest: manifest_sha256(manifest_bytes),
+            manifest,
+            digest_algorithm,
+            signer,
+            signing_time: None,
+            chain,
+            verdict: Verdict::Unchecked,
+        }
+    }
+}
+
 /// Summaries of the certificates a CMS carries, signer first when it can be found, for `inspect`.
-pub(crate) fn cms_chain_summary(cms: &[u8]) -> (Vec<CertSummary>, Option<String>, String) {
+fn cms_chain_summary(cms: &[u8]) -> (Vec<CertSummary>, Option<String>, String) {
     let Ok(sd) = cms::parse(cms) else { return (Vec::new(), None, String::new()) };
     let mut certs: Vec<x509::Cert> = sd.certs.iter().filter_map(|d| x509::Cert::parse(d).ok()).collect();
     let signer = sd.single_signer().ok();

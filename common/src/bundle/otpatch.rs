@@ -9,8 +9,8 @@ use std::path::Path;
 use super::cms;
 use super::manifest::{Manifest, MAX_MANIFEST_LEN};
 use super::{
-    check_expectations, cms_chain_summary, hash_range, io, read_at, BundleError, BundleFormat, Expectations,
-    InspectReport, TrustStore, Verdict, Verified, MAX_CMS_LEN,
+    check_expectations, hash_range, io, read_at, BundleError, BundleFormat, Expectations, InspectReport, TrustStore,
+    Verified, MAX_CMS_LEN,
 };
 
 /// The last 8 bytes of every otpatch bundle.
@@ -127,37 +127,13 @@ pub(crate) fn verify(path: &Path, trust: &TrustStore, exp: &Expectations) -> Res
         offsets.push(offset);
         offset += p.size;
     }
-    Ok(Verified {
-        format: BundleFormat::Otpatch,
-        kind: manifest.kind.clone(),
-        compatible: manifest.compatible.clone(),
-        version: manifest.version.clone(),
-        digest: hex::encode(ring::digest::digest(&ring::digest::SHA256, &manifest_bytes)),
-        signer: outcome.signer.subject.clone(),
-        signing_time: outcome.signing_time,
-        payloads: manifest.payloads.clone(),
-        manifest,
-        payload_offsets: offsets,
-        chain: outcome.chain.iter().map(|c| c.summary()).collect(),
-    })
+    Ok(Verified::new(BundleFormat::Otpatch, manifest, &manifest_bytes, &outcome, offsets))
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<InspectReport, BundleError> {
     let parts = read_parts(path)?;
     let manifest = Manifest::parse_otpatch(&parts.manifest)?;
-    let (chain, signer, digest_algorithm) = cms_chain_summary(&parts.cms);
-    Ok(InspectReport {
-        path: path.to_path_buf(),
-        format: BundleFormat::Otpatch,
-        size: parts.len,
-        manifest_digest: hex::encode(ring::digest::digest(&ring::digest::SHA256, &parts.manifest)),
-        manifest,
-        digest_algorithm,
-        signer,
-        signing_time: None,
-        chain,
-        verdict: Verdict::Unchecked,
-    })
+    Ok(InspectReport::unchecked(path, BundleFormat::Otpatch, parts.len, manifest, &parts.manifest, &parts.cms))
 }
 
 /// Parses the trailer and, if it is sound, the manifest of an in-memory bundle: the fuzz targets' entry point.

@@ -15,8 +15,8 @@ use super::cms;
 use super::manifest::{Manifest, PayloadInfo, MAX_MANIFEST_LEN};
 use super::squashfs::Squashfs;
 use super::{
-    check_expectations, cms_chain_summary, hash_range, io, read_at, BundleError, BundleFormat, Expectations,
-    InspectReport, TrustStore, Verdict, Verified, HASH_BUF, MAX_CMS_LEN,
+    check_expectations, hash_range, io, read_at, BundleError, BundleFormat, Expectations, InspectReport, TrustStore,
+    Verified, HASH_BUF, MAX_CMS_LEN,
 };
 
 const VERITY_BLOCK: u64 = 4096;
@@ -351,20 +351,7 @@ pub(crate) fn verify(path: &Path, trust: &TrustStore, exp: &Expectations) -> Res
         check_verity(&f, data_len / VERITY_BLOCK, (l.payload_len - data_len) / VERITY_BLOCK, &salt, &root)?;
     }
     check_images(&f, data_len, &rm.images)?;
-    let _ = l.len;
-    Ok(Verified {
-        format,
-        kind: manifest.kind.clone(),
-        compatible: manifest.compatible.clone(),
-        version: manifest.version.clone(),
-        digest: hex::encode(ring::digest::digest(&ring::digest::SHA256, &manifest_bytes)),
-        signer: outcome.signer.subject.clone(),
-        signing_time: outcome.signing_time,
-        payloads: manifest.payloads.clone(),
-        manifest,
-        payload_offsets: Vec::new(),
-        chain: outcome.chain.iter().map(|c| c.summary()).collect(),
-    })
+    Ok(Verified::new(format, manifest, &manifest_bytes, &outcome, Vec::new()))
 }
 
 pub(crate) fn inspect(path: &Path) -> Result<InspectReport, BundleError> {
@@ -376,19 +363,7 @@ pub(crate) fn inspect(path: &Path) -> Result<InspectReport, BundleError> {
         None => (BundleFormat::RaucPlain, read_squashfs_manifest(&f, l.payload_len)?),
     };
     let manifest = parse_manifest(&bytes)?.to_manifest();
-    let (chain, signer, digest_algorithm) = cms_chain_summary(&l.cms);
-    Ok(InspectReport {
-        path: path.to_path_buf(),
-        format,
-        size: l.len,
-        manifest_digest: hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)),
-        manifest,
-        digest_algorithm,
-        signer,
-        signing_time: None,
-        chain,
-        verdict: Verdict::Unchecked,
-    })
+    Ok(InspectReport::unchecked(path, format, l.len, manifest, &bytes, &l.cms))
 }
 
 /// Fuzz entry point: the RAUC manifest parser.
