@@ -412,6 +412,23 @@ pub enum DataType {
     Bool,
 }
 
+impl DataType {
+    pub const ALL: [DataType; 6] =
+        [DataType::U16, DataType::I16, DataType::U32, DataType::I32, DataType::F32, DataType::Bool];
+
+    /// The name a policy's `type` key uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataType::U16 => "u16",
+            DataType::I16 => "i16",
+            DataType::U32 => "u32",
+            DataType::I32 => "i32",
+            DataType::F32 => "f32",
+            DataType::Bool => "bool",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WordOrder {

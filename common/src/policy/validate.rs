@@ -858,18 +858,7 @@ impl<'t> Checker<'_> {
         let bits = matches!(function, RegisterKind::Coils | RegisterKind::Discrete);
         let address = self.integer(p, "address", 0, 65535);
         let address = self.required(p, "address", address).map(|a| a as u16);
-        let data_type = self.choice(
-            p,
-            "type",
-            &[
-                ("u16", DataType::U16),
-                ("i16", DataType::I16),
-                ("u32", DataType::U32),
-                ("i32", DataType::I32),
-                ("f32", DataType::F32),
-                ("bool", DataType::Bool),
-            ],
-        );
+        let data_type = self.choice(p, "type", &DataType::ALL.map(|t| (t.name(), t)));
         let type_at = data_type.at();
         let type_valid = !matches!(data_type, Got::Invalid);
         let data_type = data_type.or(if bits { DataType::Bool } else { DataType::U16 });
@@ -878,7 +867,7 @@ impl<'t> Checker<'_> {
             let message = if bits {
                 format!(
                     "coils and discrete inputs are single bits: expected type \"bool\", found \"{}\"",
-                    type_name(data_type)
+                    data_type.name()
                 )
             } else {
                 "type \"bool\" is only for coils and discrete inputs (function = \"coils\" or \"discrete\")".to_string()
@@ -897,10 +886,7 @@ impl<'t> Checker<'_> {
                     self.error_at_blamed(
                         p,
                         &[("count", Some(at)), ("type", type_at)],
-                        format!(
-                            "count {count} is too small for type \"{}\", which needs {words}",
-                            type_name(data_type)
-                        ),
+                        format!("count {count} is too small for type \"{}\", which needs {words}", data_type.name()),
                     );
                     ok = false;
                 }
@@ -1047,17 +1033,6 @@ fn valid_group(name: &str) -> bool {
 fn valid_service(unit: &str) -> bool {
     unit.strip_suffix(".service")
         .is_some_and(|stem| !stem.is_empty() && !stem.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()))
-}
-
-fn type_name(t: DataType) -> &'static str {
-    match t {
-        DataType::U16 => "u16",
-        DataType::I16 => "i16",
-        DataType::U32 => "u32",
-        DataType::I32 => "i32",
-        DataType::F32 => "f32",
-        DataType::Bool => "bool",
-    }
 }
 
 /// The allowed key an unknown key was probably meant to be: a close spelling, or one it abbreviates.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use otpatch_common::api::ProbeReport;
-use otpatch_common::policy::{DataType, Probe, ProbeTarget, RegisterKind};
+use otpatch_common::policy::{Probe, ProbeTarget, RegisterKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -166,15 +166,7 @@ fn describe(probe: &Probe, link: &str) -> String {
         RegisterKind::Coils => "coil",
         RegisterKind::Discrete => "discrete",
     };
-    let ty = match probe.data_type {
-        DataType::U16 => "u16",
-        DataType::I16 => "i16",
-        DataType::U32 => "u32",
-        DataType::I32 => "i32",
-        DataType::F32 => "f32",
-        DataType::Bool => "bool",
-    };
-    format!("{link} unit {} {kind} {} ({ty})", probe.unit_id, probe.address)
+    format!("{link} unit {} {kind} {} ({})", probe.unit_id, probe.address, probe.data_type.name())
 }
 
 #[async_trait]
