@@ -170,6 +170,19 @@ pub trait Rebooter: Send + Sync {
     async fn reboot(&self, why: &str) -> BackendResult<()>;
     /// This boot's id (`/proc/sys/kernel/random/boot_id`): it changes with every boot.
     fn boot_id(&self) -> BackendResult<String>;
+
+    /// Asks for the reboot, then waits for the system to go down (systemd stops the daemon on the way). Returns
+    /// only when it did not: the refusal, or still running after `limit`.
+    async fn reboot_and_wait(&self, why: &str, limit: Duration) -> BackendError {
+        if let Err(e) = self.reboot(why).await {
+            return e;
+        }
+        tokio::time::sleep(limit).await;
+        BackendError::new(format!(
+            "asked for a reboot ({why}), but the system did not go down within {}",
+            otpatch_common::units::format_duration(limit)
+        ))
+    }
 }
 
 /// The plant's verdict after a change.

@@ -161,6 +161,12 @@ fn livepatcher(settings: &Settings, root: &Sysroot, verifier: Arc<BundleVerifier
     SysfsLivepatcher::new(root.clone(), Arc::new(RealKernel), config, module_for)
 }
 
+/// The A/B updater: RAUC on the system bus, rebooting through `rebooter` within the policy's limit.
+fn ab_updater(settings: &Settings, root: &Sysroot, rebooter: Arc<dyn Rebooter>) -> Arc<RaucUpdater> {
+    let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
+    Arc::new(RaucUpdater::new(root.state_dir(), rebooter, limits))
+}
+
 async fn backends(
     choice: BackendChoice,
     settings: &Settings,
@@ -177,14 +183,13 @@ async fn backends(
                 Arc::new(CriuCheckpointer::new(_root.clone(), settings.processes.clone(), CriuConfig::new(_root)))
             };
             let rebooter: Arc<dyn Rebooter> = Arc::new(SystemdRebooter { root: _root.clone() });
-            let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
             Backends {
                 firewall: firewall(settings).await,
                 fetcher: fetcher(settings, _root, verifier.clone(), clock.clone()),
                 verifier: verifier.clone(),
                 checkpointer,
                 livepatcher: Arc::new(livepatcher(settings, _root, verifier)),
-                ab_updater: Arc::new(RaucUpdater::new(_root.state_dir(), rebooter.clone(), limits)),
+                ab_updater: ab_updater(settings, _root, rebooter.clone()),
                 rebooter,
                 health: Arc::new(ModbusHealth::new(settings.probes.clone())),
                 clock,
@@ -203,10 +208,8 @@ async fn backends(
                 b.firewall = firewall(settings).await;
             } else if std::env::var_os("OTPATCH_REAL_AB").is_some() {
                 warn!(script = %text, "running with FAKE backends except the verifier and RAUC");
-                let verifier = Arc::new(BundleVerifier::new(settings, _root, b.clock.clone()));
-                b.verifier = verifier;
-                let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
-                b.ab_updater = Arc::new(RaucUpdater::new(_root.state_dir(), b.rebooter.clone(), limits));
+                b.verifier = Arc::new(BundleVerifier::new(settings, _root, b.clock.clone()));
+                b.ab_updater = ab_updater(settings, _root, b.rebooter.clone());
             } else {
                 warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
             }

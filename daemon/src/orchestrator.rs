@@ -873,17 +873,8 @@ impl Orchestrator {
                 self.audit_log("reboot-requested", Some(&window), None, serde_json::json!({"slot": slot}));
                 Box::pin(async move {
                     progress(-1, format!("rebooting into slot {slot}"));
-                    if let Err(e) = b.rebooter.reboot(&format!("otpatch window {window}: boot slot {slot}")).await {
-                        return Event::RebootFailed { error: e.to_string() };
-                    }
-                    // systemd stops the daemon on the way down; still being here after the limit is a failure.
-                    tokio::time::sleep(limit).await;
-                    Event::RebootFailed {
-                        error: format!(
-                            "the system did not go down within {}",
-                            otpatch_common::units::format_duration(limit)
-                        ),
-                    }
+                    let why = format!("otpatch window {window}: boot slot {slot}");
+                    Event::RebootFailed { error: b.rebooter.reboot_and_wait(&why, limit).await.to_string() }
                 })
             }
             Action::ConfirmBoot { slot, boot_id } => Box::pin(async move {

@@ -3,7 +3,7 @@
 //! observation passed there.
 //!
 //! What the updater remembers between boots is one small record, `<state>/ab-install.json`: which window installed
-//! which bundle into which slot, from which slot. Everything else is asked of RAUC (`BootSlot`, `GetPrimary`,
+//! which bundle (as verified) into which slot, from which slot. Everything else is asked of RAUC (`BootSlot`, `GetPrimary`,
 //! `GetSlotStatus`), so the record and RAUC can disagree only in a way the code checks:
 //!
 //! - `revert` on the old slot: the installed slot is marked bad and the booted one active again (idempotent, no
@@ -30,7 +30,7 @@ use zbus::Variant as Value;
 
 use crate::backend::{Applied, BackendError, BackendResult, Patcher, ProgressFn, Rebooter};
 use crate::engine::VerifiedBundle;
-use proxy::{slot_str, InstallerProxy, SlotStatus, RAUC_BUS_NAME};
+use proxy::{slot_str, InstallerProxy, RAUC_BUS_NAME};
 
 /// Bounds on every wait for RAUC.
 #[derive(Debug, Clone, Copy)]
@@ -60,16 +60,13 @@ impl Default for RaucLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallRecord {
     pub window: String,
-    pub version: String,
-    pub digest: String,
+    /// The bundle, as verified (the observation of a staged slot booted later needs it whole).
+    pub bundle: VerifiedBundle,
     /// The installed slot: its name (`rootfs.1`) and boot name (`B`).
     pub slot: String,
     pub bootname: String,
     /// The boot name of the slot that ran when it was installed.
     pub from: String,
-    /// The bundle, as verified, for the observation of a staged slot booted later.
-    #[serde(default)]
-    pub bundle: Option<VerifiedBundle>,
 }
 
 /// Which bus RAUC is on: the system bus (`DBUS_SYSTEM_BUS_ADDRESS` moves it, as for the daemon's own service).
@@ -126,6 +123,21 @@ impl RaucUpdater {
         }
     }
 
+    /// Waits (bounded) until RAUC is idle; returns it with the boot name of the slot the system runs from.
+    async fn settled_booted(&self) -> BackendResult<(InstallerProxy<'static>, String)> {
+        let p = self.settled().await?;
+        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        Ok((p, booted))
+    }
+
+    /// The slot the bootloader boots next: its name and, if it has one, its boot name.
+    async fn primary(&self, p: &InstallerProxy<'static>) -> BackendResult<(String, Option<String>)> {
+        let primary = self.call("GetPrimary", p.get_primary()).await?;
+        let slots = self.call("GetSlotStatus", p.get_slot_status()).await?;
+        let bootname = slots.iter().find(|s| s.0 == primary).and_then(|s| slot_str(s, "bootname"));
+        Ok((primary, bootname))
+    }
+
     /// Waits (bounded) until RAUC is on the bus and idle.
     async fn settled(&self) -> BackendResult<InstallerProxy<'static>> {
         let deadline = tokio::time::Instant::now() + self.limits.settle;
@@ -173,11 +185,6 @@ impl RaucUpdater {
         }
     }
 
-    /// The slots, each with its name and boot name.
-    async fn slots(&self, p: &InstallerProxy<'static>) -> BackendResult<Vec<SlotStatus>> {
-        self.call("GetSlotStatus", p.get_slot_status()).await
-    }
-
     /// Starts the installation, leaving out the `args` keys this RAUC version does not know.
     async fn start_install(
         &self,
@@ -210,23 +217,12 @@ impl RaucUpdater {
         info!(state, slot = %name, message = %msg, "RAUC slot marked");
         Ok(name)
     }
-
-    /// Asks for the reboot and waits (bounded) for the system to go down.
-    async fn reboot_and_wait(&self, why: &str) -> BackendResult<()> {
-        self.rebooter.reboot(why).await?;
-        tokio::time::sleep(self.limits.reboot).await;
-        Err(BackendError::new(format!(
-            "asked for a reboot ({why}), but the system did not go down within {:?}",
-            self.limits.reboot
-        )))
-    }
 }
 
 #[async_trait]
 impl Patcher for RaucUpdater {
     async fn apply(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
-        let p = self.settled().await?;
-        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        let (p, booted) = self.settled_booted().await?;
         // Subscribed before the call, so that neither the end nor RAUC leaving the bus can be missed.
         let mut completed = p.receive_completed().await.map_err(|e| rauc_err("Completed signal", e))?;
         let mut changes = p.receive_progress_changed().await;
@@ -272,10 +268,8 @@ impl Patcher for RaucUpdater {
                 bundle.version
             )));
         }
-        let primary = self.call("GetPrimary", p.get_primary()).await?;
-        let slots = self.slots(&p).await?;
-        let target = slots.iter().find(|s| s.0 == primary);
-        let Some(bootname) = target.and_then(|s| slot_str(s, "bootname")) else {
+        let (primary, bootname) = self.primary(&p).await?;
+        let Some(bootname) = bootname else {
             return Err(BackendError::new(format!("RAUC installed, but its primary slot {primary} has no boot name")));
         };
         if bootname == booted {
@@ -285,12 +279,10 @@ impl Patcher for RaucUpdater {
         }
         self.save_record(&InstallRecord {
             window: window.to_string(),
-            version: bundle.version.clone(),
-            digest: bundle.digest.clone(),
+            bundle: bundle.clone(),
             slot: primary.clone(),
             bootname: bootname.clone(),
             from: booted,
-            bundle: Some(bundle.clone()),
         })?;
         progress(100, format!("RAUC: {} installed into {primary} ({bootname})", bundle.version));
         Ok(Applied::Installed { slot: bootname })
@@ -298,38 +290,35 @@ impl Patcher for RaucUpdater {
 
     async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
         // An install still running (a restart during it) must end before the slots are touched.
-        let p = self.settled().await?;
-        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        let (p, booted) = self.settled_booted().await?;
         let Some(r) = self.load_record()? else {
             // Nothing of ours was installed (the install failed before it finished): make sure the running slot
             // stays the one to boot.
-            let primary = self.call("GetPrimary", p.get_primary()).await?;
-            let slots = self.slots(&p).await?;
-            let primary_boot = slots.iter().find(|s| s.0 == primary).and_then(|s| slot_str(s, "bootname"));
-            if primary_boot.as_deref() != Some(booted.as_str()) {
+            if self.primary(&p).await?.1.as_deref() != Some(booted.as_str()) {
                 self.mark(&p, "active", "booted").await?;
             }
             return Ok(());
         };
-        if r.digest != bundle.digest {
-            warn!(recorded = %r.version, reverting = %bundle.version, "the install record names another bundle");
+        let version = &r.bundle.version;
+        if r.bundle.digest != bundle.digest {
+            warn!(recorded = %version, reverting = %bundle.version, "the install record names another bundle");
         }
         if booted == r.bootname {
             // Running the update: take it out of service, then go back to the slot it came from.
             self.mark(&p, "bad", "booted").await?;
             self.mark(&p, "active", "other").await?;
-            return self.reboot_and_wait(&format!("rolling back {}: back to slot {}", r.version, r.from)).await;
+            let why = format!("rolling back {version}: back to slot {}", r.from);
+            return Err(self.rebooter.reboot_and_wait(&why, self.limits.reboot).await);
         }
         // On the old slot (never rebooted, or came back): the installed slot must not boot again.
         self.mark(&p, "bad", &r.slot).await?;
         self.mark(&p, "active", "booted").await?;
-        info!(version = %r.version, slot = %r.slot, running = %booted, "A/B update rolled back");
+        info!(version = %version, slot = %r.slot, running = %booted, "A/B update rolled back");
         self.remove_record()
     }
 
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
-        let p = self.settled().await?;
-        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        let (p, booted) = self.settled_booted().await?;
         match self.load_record()? {
             Some(r) if r.bootname == booted => {
                 self.mark(&p, "good", "booted").await?;
@@ -351,22 +340,12 @@ impl Patcher for RaucUpdater {
 
     async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
         let Some(r) = self.load_record()? else { return Ok(None) };
-        if self.booted_slot().await? != r.bootname {
-            return Ok(None);
-        }
-        match r.bundle {
-            Some(b) => Ok(Some(b)),
-            None => Err(BackendError::new(format!(
-                "slot {} runs {} unconfirmed, but its install record does not say which bundle",
-                r.slot, r.version
-            ))),
-        }
+        Ok((self.booted_slot().await? == r.bootname).then_some(r.bundle))
     }
 
     async fn booted_slot(&self) -> BackendResult<String> {
-        // At boot RAUC may still be starting (or be bus-activated by this call): settled() waits for it.
-        let p = self.settled().await?;
-        self.call("BootSlot", p.boot_slot()).await
+        // At boot RAUC may still be starting (or be bus-activated by this call): it is waited for.
+        Ok(self.settled_booted().await?.1)
     }
 }
 
