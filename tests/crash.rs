@@ -24,8 +24,7 @@ fn crash_at(state: &str, script: &str) -> (Gateway, serde_json::Value) {
     let _d = Daemon::start(&bus, &gw, script, "");
     let mut status = serde_json::Value::Null;
     wait_for(Duration::from_secs(60), &format!("the window to finish after a crash at {state}"), || {
-        let o = ctl(&bus, &["--json", "status"], None);
-        status = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        status = otpatch_tests::status(&bus);
         status["last_outcome"].as_str().is_some_and(|s| !s.is_empty())
     });
     let w = gw.world();

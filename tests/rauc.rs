@@ -240,13 +240,11 @@ impl Setup {
     fn daemon(&self, script: &str) -> Daemon {
         let env = self.rauc.envs();
         let env: Vec<(&str, &str)> = vec![("OTPATCH_REAL_AB", "1"), ("OTPATCH_BOOTSTATE", env[1].1.as_str())];
-        let d = Daemon::spawn_with_env(&self.bus, &self.gw, script, "", &env);
-        wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(&self.bus, &["status"], None).status.success());
-        d
+        Daemon::spawn_with_env(&self.bus, &self.gw, script, "", &env).on_bus(&self.bus)
     }
 
     fn status(&self) -> serde_json::Value {
-        serde_json::from_slice(&ctl(&self.bus, &["--json", "status"], None).stdout).unwrap_or_default()
+        status(&self.bus)
     }
 
     fn wait_state(&self, d: &Daemon, state: &str, limit: Duration) {

@@ -57,13 +57,7 @@ max = 90
 "#;
 
 fn start(bus: &Bus, gw: &Gateway, ns: &Netns, failpoints: &str) -> Daemon {
-    let d = Daemon::spawn_full(bus, gw, "", failpoints, &[("OTPATCH_REAL_FIREWALL", "1")], Some(&ns.0));
-    wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(bus, &["status"], None).status.success());
-    d
-}
-
-fn status(bus: &Bus) -> serde_json::Value {
-    serde_json::from_slice(&ctl(bus, &["--json", "status"], None).stdout).unwrap_or_default()
+    Daemon::spawn_full(bus, gw, "", failpoints, &[("OTPATCH_REAL_FIREWALL", "1")], Some(&ns.0)).on_bus(bus)
 }
 
 #[test]

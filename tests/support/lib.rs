@@ -218,9 +218,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts otpatchd and waits (bounded) until it owns its bus name.
     pub fn start(bus: &Bus, gw: &Gateway, script: &str, failpoints: &str) -> Daemon {
-        let d = Self::spawn(bus, gw, script, failpoints);
+        Self::spawn(bus, gw, script, failpoints).on_bus(bus)
+    }
+
+    /// Waits (bounded) until the daemon answers on `bus`.
+    pub fn on_bus(self, bus: &Bus) -> Daemon {
         wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(bus, &["status"], None).status.success());
-        d
+        self
     }
 
     /// Starts otpatchd without waiting.
@@ -322,6 +326,11 @@ pub fn ctl(bus: &Bus, args: &[&str], uid: Option<u32>) -> Output {
         cmd.uid(uid).gid(if uid == OPERATOR_UID { 1 } else { 65534 });
     }
     cmd.output().unwrap()
+}
+
+/// `otpatchctl --json status`, or `null` when it cannot be read.
+pub fn status(bus: &Bus) -> serde_json::Value {
+    serde_json::from_slice(&ctl(bus, &["--json", "status"], None).stdout).unwrap_or_default()
 }
 
 /// The text of a command's stdout and stderr, for assertion messages.
