@@ -39,12 +39,6 @@ impl Rebooter for SystemdRebooter {
     }
 
     fn boot_id(&self) -> BackendResult<String> {
-        let p = self.root.path("/proc/sys/kernel/random/boot_id");
-        let id = std::fs::read_to_string(&p).map_err(|e| BackendError::new(format!("{}: {e}", p.display())))?;
-        let id = id.trim();
-        if id.is_empty() {
-            return Err(BackendError::new(format!("{} is empty", p.display())));
-        }
-        Ok(id.to_string())
+        self.root.boot_id().map_err(BackendError)
     }
 }

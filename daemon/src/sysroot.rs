@@ -44,6 +44,16 @@ impl Sysroot {
     pub fn runtime_dir(&self) -> PathBuf {
         self.path("/run/otpatch")
     }
+
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`): it changes with every boot. The error names the file.
+    pub fn boot_id(&self) -> Result<String, String> {
+        let p = self.path("/proc/sys/kernel/random/boot_id");
+        let id = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        match id.trim() {
+            "" => Err(format!("{} is empty", p.display())),
+            id => Ok(id.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

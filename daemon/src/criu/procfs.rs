@@ -122,7 +122,7 @@ impl Procfs {
 
     /// `/proc/sys/kernel/random/boot_id`: differs after every boot (an A/B switch reboots).
     pub fn boot_id(&self) -> Option<String> {
-        Some(fs::read_to_string(self.path("sys/kernel/random/boot_id")).ok()?.trim().to_string())
+        self.root.boot_id().ok()
     }
 
     /// Every pid in `/proc`.
