@@ -147,6 +147,20 @@ async fn restart_and_finish(root: &Path, clock: Arc<dyn Clock>) -> (String, Worl
     (outcome, world.snapshot())
 }
 
+/// A fresh gateway root and fake world with `script`, an orchestrator on them under `settings` (clock at
+/// [`t0`]), and a subscription to its notices.
+async fn fresh(
+    script: FakeScript,
+    settings: Settings,
+) -> (tempfile::TempDir, FakeWorld, Running, broadcast::Receiver<Notice>) {
+    let dir = tempfile::tempdir().unwrap();
+    let world = FakeWorld::in_memory(script);
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings).await;
+    let notices = r.handle.notices.subscribe();
+    (dir, world, r, notices)
+}
+
 fn script(f: impl FnOnce(&mut FakeScript)) -> FakeScript {
     let mut s = FakeScript::default();
     f(&mut s);
@@ -162,11 +176,7 @@ fn transitions(root: &Path) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn happy_path_commits_and_lifts() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(FakeScript::default());
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (dir, world, r, mut notices) = fresh(FakeScript::default(), settings("")).await;
     let id = r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     assert_eq!(id, "w-20261201-0010");
     assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
@@ -215,11 +225,7 @@ async fn happy_path_commits_and_lifts() {
 
 #[tokio::test(start_paused = true)]
 async fn verify_failure_applies_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(script(|s| s.fail = vec!["verify".into()]));
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (_dir, world, r, mut notices) = fresh(script(|s| s.fail = vec!["verify".into()]), settings("")).await;
     r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     let outcome = r.completed(&mut notices).await;
     assert!(outcome.starts_with("failed: bundle rejected: fake verify failure"), "{outcome}");
@@ -234,11 +240,7 @@ async fn verify_failure_applies_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn health_failure_rolls_back_and_restores() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(script(|s| s.health = FakeHealth::Fail));
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (_dir, world, r, mut notices) = fresh(script(|s| s.health = FakeHealth::Fail), settings("")).await;
     r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     let outcome = r.completed(&mut notices).await;
     assert!(outcome.starts_with("rolled-back: health failed: critical probe"), "{outcome}");
@@ -318,11 +320,7 @@ async fn restart_after_the_window_ended_lifts_and_fails_it() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_lifts_segmentation() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(FakeScript::default());
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (_dir, world, r, mut notices) = fresh(FakeScript::default(), settings("")).await;
     r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     r.reached(&mut notices, "observing").await;
     assert!(world.snapshot().segmentation_active);
@@ -382,11 +380,7 @@ async fn scheduled_windows_survive_a_restart() {
 
 #[tokio::test(start_paused = true)]
 async fn cancel_mid_window_rolls_back_an_applied_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(FakeScript::default());
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (_dir, world, r, mut notices) = fresh(FakeScript::default(), settings("")).await;
     let id = r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     r.reached(&mut notices, "observing").await;
     r.call(|reply| Command::Cancel { id, uid: 1000, reply }).await.unwrap();
@@ -527,11 +521,7 @@ async fn a_livepatch_for_another_kernel_falls_back_to_the_policys_ab_bundle() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_fallback_a_livepatch_for_another_kernel_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(script(|s| s.kernel_mismatch = true));
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let r = start(dir.path(), &world, clock, settings("")).await;
-    let mut notices = r.handle.notices.subscribe();
+    let (_dir, world, r, mut notices) = fresh(script(|s| s.kernel_mismatch = true), settings("")).await;
     r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     let outcome = r.completed(&mut notices).await;
     assert!(outcome.starts_with("failed: bundle rejected: does not fit the running kernel"), "{outcome}");
