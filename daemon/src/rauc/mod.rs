@@ -333,11 +333,6 @@ impl Patcher for RaucUpdater {
         }
     }
 
-    async fn is_applied(&self, _bundle: &VerifiedBundle) -> BackendResult<bool> {
-        let Some(r) = self.load_record()? else { return Ok(false) };
-        Ok(self.booted_slot().await? == r.bootname)
-    }
-
     async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
         let Some(r) = self.load_record()? else { return Ok(None) };
         Ok((self.booted_slot().await? == r.bootname).then_some(r.bundle))
