@@ -35,6 +35,7 @@ fn plan() -> SegmentationPlan {
                 port: 502 + i as u16,
                 protocol: Protocol::Tcp,
                 direction: Direction::Outbound,
+                routed: false,
             })
             .collect(),
         probe_targets: vec![],

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use otpatch_common::policy::{Direction, Flow, Protocol};
 use otpatchd::backend::{Firewall, SegmentationPlan};
 use otpatchd::firewall::iptables::IptablesFirewall;
 use otpatchd::firewall::nft::NftFirewall;
@@ -49,10 +50,46 @@ impl Topology {
             sh(&["ip", "link", "add", &a, "netns", &gw, "type", "veth", "peer", "name", &b, "netns", &ns]);
             sh(&["ip", "-n", &gw, "addr", "add", &format!("198.18.{}.1/24", i + 1), "dev", &a]);
             sh(&["ip", "-n", &ns, "addr", "add", &format!("198.18.{}.2/24", i + 1), "dev", &b]);
+            sh(&["ip", "-n", &gw, "addr", "add", &format!("fd00:18:{}::1/64", i + 1), "dev", &a, "nodad"]);
+            sh(&["ip", "-n", &ns, "addr", "add", &format!("fd00:18:{}::2/64", i + 1), "dev", &b, "nodad"]);
             sh(&["ip", "-n", &gw, "link", "set", &a, "up"]);
             sh(&["ip", "-n", &ns, "link", "set", &b, "up"]);
+            // The gateway routes between its peers (forwarding is switched on only by the tests that need it).
+            sh(&["ip", "-n", &ns, "route", "add", "default", "via", &format!("198.18.{}.1", i + 1)]);
         }
         t
+    }
+
+    /// Lets the gateway forward IPv4 between its peers (a gateway between two OT networks).
+    fn forwarding(&self) {
+        sh(&["ip", "netns", "exec", &self.gw, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    }
+
+    /// Forgets the gateway's and the peers' IPv6 neighbours, so the next packet needs neighbour discovery.
+    fn flush_neighbours(&self) {
+        for peer in ["gw", "srv", "plc", "oth"] {
+            sh(&["ip", "-n", &self.ns(peer), "-6", "neigh", "flush", "all"]);
+        }
+    }
+
+    /// Like [`Topology::reaches`], but the connection leaves from `from` (address and source port), as a peer whose
+    /// packets look like replies of an allowed flow would send them.
+    fn reaches_from(&self, which: &str, from: &str, to: &str) -> bool {
+        let (from, to): (SocketAddr, SocketAddr) = (from.parse().unwrap(), to.parse().unwrap());
+        self.run_in(which, move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.set_reuseaddr(true).unwrap();
+                sock.bind(from).unwrap();
+                let conn = tokio::time::timeout(Duration::from_millis(2000), sock.connect(to)).await;
+                let Ok(Ok(mut c)) = conn else { return false };
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4];
+                let echoed = async { c.write_all(b"ping").await.is_ok() && c.read_exact(&mut buf).await.is_ok() };
+                tokio::time::timeout(Duration::from_millis(2000), echoed).await.unwrap_or(false) && &buf == b"ping"
+            })
+        })
     }
 
     fn ns(&self, which: &str) -> String {
@@ -161,6 +198,41 @@ fn long_flow(t: &Topology, to: &str) -> LongFlow {
     LongFlow { stop, handle }
 }
 
+/// A session opened before the window (a remote-access connection, say) that the test asks to exchange one round
+/// trip at a time; the answer says whether it went through within 2 s.
+struct Session {
+    ask: std::sync::mpsc::Sender<()>,
+    answer: std::sync::mpsc::Receiver<bool>,
+}
+
+impl Session {
+    fn open(t: &Topology, which: &str, to: &str) -> Session {
+        let to: SocketAddr = to.parse().unwrap();
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, answer) = std::sync::mpsc::channel();
+        t.spawn(which, move || {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(2000))).unwrap();
+            // Bounded: at most 10 round trips, and the thread ends when the test drops the session.
+            for _ in 0..10 {
+                if asked.recv().is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4];
+                let ok = c.write_all(b"ping").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"ping";
+                if tell.send(ok).is_err() || !ok {
+                    return;
+                }
+            }
+        });
+        Session { ask, answer }
+    }
+
+    fn round_trip(&self) -> bool {
+        self.ask.send(()).is_ok() && self.answer.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
+    }
+}
+
 fn plan() -> SegmentationPlan {
     SegmentationPlan {
         window_id: "w-test".into(),
@@ -230,6 +302,86 @@ fn scenario(t: &Topology, fw: &dyn Firewall, site_rule: &[&str], site_check: &dy
     assert!(n > 20, "the long flow kept exchanging through the window ({n} round trips)");
 }
 
+/// What a window lets through is exactly the policy, and the site's own rules still decide:
+/// - a flow otpatch allows (forwarded or to the gateway) that a site rule drops stays dropped;
+/// - the gateway's own flows (patch server, probe targets) get no forwarding rules;
+/// - a packet that looks like a reply of an allowed flow cannot open a connection to the gateway;
+/// - a connection opened before the window that no flow allows passes nothing during it;
+/// - IPv6 neighbour discovery still works, so allowed IPv6 peers stay reachable.
+fn strict_scenario(t: &Topology, fw: &dyn Firewall, site_rules: &[Vec<String>]) {
+    t.forwarding();
+    t.echo_server("plc", "198.18.2.2:502");
+    t.echo_server("plc", "198.18.2.2:503");
+    t.echo_server("oth", "198.18.3.2:9000");
+    t.echo_server("oth", "[fd00:18:3::2]:9000");
+    t.echo_server("gw", "0.0.0.0:22");
+    // The site's rules track connections (as any stateful site firewall does), so conntrack knows the sessions
+    // opened before the window.
+    for rule in site_rules {
+        let argv: Vec<&str> = rule.iter().map(String::as_str).collect();
+        sh(&argv);
+    }
+    let flow = |name: &str, address: &str, port: u16, direction: Direction, routed: bool| Flow {
+        name: name.into(),
+        address: address.parse().unwrap(),
+        port,
+        protocol: Protocol::Tcp,
+        direction,
+        routed,
+    };
+    let plan = SegmentationPlan {
+        window_id: "w-strict".into(),
+        server: Some(("198.18.1.2".into(), 8443)),
+        flows: vec![
+            // Routed OT traffic to the PLC: 502 the site allows, 503 the site drops on FORWARD.
+            flow("plc-modbus", "198.18.2.2", 502, Direction::Outbound, true),
+            flow("plc-isolated", "198.18.2.2", 503, Direction::Outbound, true),
+            // The PLC may reach the gateway's port 22: the site drops that on INPUT.
+            flow("plc-maint", "198.18.2.2", 22, Direction::Inbound, false),
+            // The gateway talks to a historian at oth:4840 (nobody listens: only its reply rule matters here).
+            flow("historian", "198.18.3.2", 4840, Direction::Outbound, false),
+        ],
+        probe_targets: vec!["198.18.3.2:9000".parse().unwrap(), "[fd00:18:3::2]:9000".parse().unwrap()],
+        log_drops: false,
+    };
+
+    assert!(t.reaches("oth", "198.18.2.2:502"), "before the window oth reaches the PLC through the gateway");
+    assert!(!t.reaches("oth", "198.18.2.2:503"), "the site isolates PLC port 503 on FORWARD");
+    assert!(!t.reaches("plc", "198.18.2.1:22"), "the site drops the PLC's connections to port 22 on INPUT");
+    assert!(t.reaches("plc", "198.18.3.2:9000"), "before the window the PLC reaches oth:9000 through the gateway");
+    assert!(t.reaches_from("oth", "198.18.3.2:4840", "198.18.3.1:22"), "before the window oth reaches port 22");
+    let remote = Session::open(t, "oth", "198.18.3.1:22");
+    assert!(remote.round_trip(), "the remote session works before the window");
+    let ot = long_flow(t, "198.18.3.2:9000");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(fw.apply(&plan)).unwrap();
+
+    assert!(t.reaches("oth", "198.18.2.2:502"), "a routed flow the policy allows and the site allows passes");
+    assert!(!t.reaches("oth", "198.18.2.2:503"), "the site's FORWARD drop still holds for a flow otpatch allows");
+    assert!(!t.reaches("plc", "198.18.2.1:22"), "the site's INPUT drop still holds for a flow otpatch allows");
+    assert!(
+        !t.reaches("plc", "198.18.3.2:9000"),
+        "a probe target is the gateway's own flow: no forwarding rule lets others reach it"
+    );
+    assert!(
+        !t.reaches_from("oth", "198.18.3.2:4840", "198.18.3.1:22"),
+        "a connection opened from an allowed flow's peer port is not a reply and is refused"
+    );
+    assert!(!remote.round_trip(), "a session no flow allows passes nothing during the window");
+    t.flush_neighbours();
+    assert!(t.reaches("gw", "[fd00:18:3::2]:9000"), "IPv6 neighbour discovery works during the window");
+    assert!(t.reaches("gw", "198.18.3.2:9000"), "the allowed probe target stays reachable");
+
+    rt.block_on(fw.lift()).unwrap();
+    assert!(!rt.block_on(fw.active()).unwrap());
+    assert!(t.reaches_from("oth", "198.18.3.2:4840", "198.18.3.1:22"), "after the window oth reaches port 22 again");
+    let _ = ot.stop.send(());
+    let n = ot.handle.join().unwrap().expect("the allowed OT connection opened before the window never broke");
+    assert!(n > 20, "the allowed flow kept exchanging through the window ({n} round trips)");
+}
+
 fn netns_prefix(t: &Topology) -> Vec<String> {
     vec!["ip".into(), "netns".into(), "exec".into(), t.gw.clone()]
 }
@@ -282,5 +434,45 @@ fn iptables_segmentation_in_namespaces() {
             "ACCEPT",
         ],
         &check,
+    );
+}
+
+#[test]
+fn nftables_window_is_exactly_the_policy_and_site_rules_still_decide() {
+    let t = Topology::new();
+    let mut argv = netns_prefix(&t);
+    argv.push("nft".into());
+    let fw = NftFirewall::new(argv.clone());
+    let site = "add table inet site\n\
+                add chain inet site site_forward { type filter hook forward priority 0; policy accept; }\n\
+                add rule inet site site_forward ip daddr 198.18.2.2 tcp dport 503 drop\n\
+                add chain inet site site_input { type filter hook input priority 0; policy accept; }\n\
+                add rule inet site site_input ip saddr 198.18.2.2 tcp dport 22 drop\n\
+                add rule inet site site_input ct state established,related accept\n";
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), site).unwrap();
+    let mut load = argv;
+    load.extend(["-f".into(), file.path().display().to_string()]);
+    strict_scenario(&t, &fw, &[load]);
+}
+
+#[test]
+fn iptables_window_is_exactly_the_policy_and_site_rules_still_decide() {
+    let t = Topology::new();
+    let fw = IptablesFirewall::new(netns_prefix(&t), "iptables-legacy", "ip6tables-legacy");
+    let rule = |words: &str| {
+        let mut v = netns_prefix(&t);
+        v.push("iptables-legacy".into());
+        v.extend(words.split(' ').map(String::from));
+        v
+    };
+    strict_scenario(
+        &t,
+        &fw,
+        &[
+            rule("-A FORWARD -d 198.18.2.2/32 -p tcp --dport 503 -j DROP"),
+            rule("-A INPUT -s 198.18.2.2/32 -p tcp --dport 22 -j DROP"),
+            rule("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        ],
     );
 }

@@ -315,6 +315,10 @@ pub struct Flow {
     pub port: u16,
     pub protocol: Protocol,
     pub direction: Direction,
+    /// The flow passes *through* the gateway (forwarded between its networks) instead of ending on it: only such
+    /// flows get forwarding rules during a window.
+    #[serde(default)]
+    pub routed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -679,7 +679,7 @@ fn names_of_keyed_tables_are_checked() {
 fn flows() {
     let s = ok(&with(
         "[segmentation.allow.ntp]\naddress = \"10.0.0.1\"\nport = 123\nprotocol = \"udp\"\ndirection = \"both\"\n\
-         [segmentation.allow.historian]\naddress = \"fd00::20\"\nport = 4840\n",
+         routed = true\n[segmentation.allow.historian]\naddress = \"fd00::20\"\nport = 4840\n",
     ));
     assert_eq!(
         s.segmentation.allow,
@@ -689,14 +689,16 @@ fn flows() {
                 address: "fd00::20".parse().unwrap(),
                 port: 4840,
                 protocol: Protocol::Tcp,
-                direction: Direction::Outbound
+                direction: Direction::Outbound,
+                routed: false,
             },
             Flow {
                 name: "ntp".into(),
                 address: "10.0.0.1".parse().unwrap(),
                 port: 123,
                 protocol: Protocol::Udp,
-                direction: Direction::Both
+                direction: Direction::Both,
+                routed: true,
             },
         ]
     );

@@ -590,7 +590,7 @@ impl<'t> Checker<'_> {
         let log_drops = self.boolean(&t, "log_drops").or(false);
         let mut allow = Vec::new();
         for (name, f) in self.named(&t, "allow") {
-            self.keys(&f, &["address", "port", "protocol", "direction"]);
+            self.keys(&f, &["address", "port", "protocol", "direction", "routed"]);
             let address = self.value(&f, "address", |v| match v {
                 Val::Str(s) => s.parse::<IpAddr>().map_err(|_| expected("an IP address like \"10.0.5.20\"")),
                 _ => Err(expected("an IP address like \"10.0.5.20\"")),
@@ -607,8 +607,9 @@ impl<'t> Checker<'_> {
                     &[("outbound", Direction::Outbound), ("inbound", Direction::Inbound), ("both", Direction::Both)],
                 )
                 .or(Direction::Outbound);
+            let routed = self.boolean(&f, "routed").or(false);
             if let (Some(address), Some(port)) = (address, port) {
-                allow.push(Flow { name, address, port: port as u16, protocol, direction });
+                allow.push(Flow { name, address, port: port as u16, protocol, direction, routed });
             }
         }
         Segmentation { enabled, backend, log_drops, allow }

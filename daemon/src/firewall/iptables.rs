@@ -9,6 +9,8 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 
+use otpatch_common::policy::Protocol;
+
 use super::{proto_name, run, Rule, Ruleset};
 use crate::backend::{BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
 
@@ -43,21 +45,33 @@ impl IptablesFirewall {
         for (_, chain) in CHAINS {
             let _ = writeln!(s, ":{chain} - [0:0]");
         }
+        // What the window allows RETURNs to the built-in chain, where the site's own rules still decide; only what
+        // it refuses ends here (DROP). No blanket "established": a session no flow allows passes nothing.
+        let icmp = if v6 { "ipv6-icmp" } else { "icmp" };
         for (builtin, chain) in CHAINS {
             let _ = writeln!(s, "-F {chain}");
             match builtin {
                 "INPUT" => {
-                    let _ = writeln!(s, "-A {chain} -i lo -j ACCEPT");
+                    let _ = writeln!(s, "-A {chain} -i lo -j RETURN");
                 }
                 "OUTPUT" => {
-                    let _ = writeln!(s, "-A {chain} -o lo -j ACCEPT");
+                    let _ = writeln!(s, "-A {chain} -o lo -j RETURN");
                 }
                 _ => {}
             }
-            let _ = writeln!(s, "-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+            let _ = writeln!(s, "-A {chain} -p {icmp} -m conntrack --ctstate RELATED -j RETURN");
+            if v6 && builtin != "FORWARD" {
+                for t in super::ICMPV6_ND_TYPES {
+                    let _ = writeln!(
+                        s,
+                        "-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -m comment --comment \"IPv6 neighbour \
+                         discovery\" -j RETURN"
+                    );
+                }
+            }
             for r in rs.rules.iter().filter(|r| r.addr.is_ipv6() == v6) {
                 for m in matches(r, builtin) {
-                    let _ = writeln!(s, "-A {chain} {m} -m comment --comment \"{}\" -j ACCEPT", comment(&r.why));
+                    let _ = writeln!(s, "-A {chain} {m} -m comment --comment \"{}\" -j RETURN", comment(&r.why));
                 }
             }
             if rs.log_drops {
@@ -144,7 +158,9 @@ fn host(a: &IpAddr) -> String {
     }
 }
 
-/// The iptables match options of a rule in a built-in chain (see [`super::peer_matches`]).
+/// The iptables match options of a rule in a built-in chain (see [`super::peer_matches`]). The reply half never
+/// opens a connection: for TCP a SYN without ACK does not match it, for UDP only what conntrack knows as
+/// established does.
 fn matches(r: &Rule, builtin: &str) -> Vec<String> {
     let (a, p) = (host(&r.addr), proto_name(r.protocol));
     super::peer_matches(r, &builtin.to_lowercase())
@@ -152,7 +168,12 @@ fn matches(r: &Rule, builtin: &str) -> Vec<String> {
         .map(|m| {
             let addr = if m.peer_is_destination { "-d" } else { "-s" };
             let port = if m.port_is_destination { "--dport" } else { "--sport" };
-            format!("{addr} {a} -p {p} -m {p} {port} {}", r.port)
+            let guard = match (m.reply, r.protocol) {
+                (false, _) => "",
+                (true, Protocol::Tcp) => " ! --tcp-flags SYN,ACK SYN",
+                (true, Protocol::Udp) => " -m conntrack --ctstate ESTABLISHED",
+            };
+            format!("{addr} {a} -p {p} -m {p} {port} {}{guard}", r.port)
         })
         .collect()
 }
@@ -214,6 +235,7 @@ mod tests {
                     port: 502,
                     protocol: Protocol::Tcp,
                     direction: Direction::Outbound,
+                    routed: false,
                     why: "health probe target".into(),
                 },
                 Rule {
@@ -221,6 +243,7 @@ mod tests {
                     port: 4840,
                     protocol: Protocol::Tcp,
                     direction: Direction::Both,
+                    routed: false,
                     why: "flow \"scada\"".into(),
                 },
             ],
@@ -232,7 +255,10 @@ mod tests {
     fn restore_input_hooks_once_and_keeps_families_apart() {
         let v4 = IptablesFirewall::restore_input(&rs(), false, &[]);
         assert!(v4.contains("-A OTPATCH-OUTPUT -d 192.0.2.10/32 -p tcp -m tcp --dport 502"));
-        assert!(v4.contains("-A OTPATCH-INPUT -s 192.0.2.10/32 -p tcp -m tcp --sport 502"));
+        assert!(v4.contains("-A OTPATCH-INPUT -s 192.0.2.10/32 -p tcp -m tcp --sport 502 ! --tcp-flags SYN,ACK SYN"));
+        assert!(!v4.contains("-j ACCEPT"), "allowed traffic returns to the site's chains: {v4}");
+        assert!(!v4.contains("ESTABLISHED -j"), "no blanket rule for sessions opened before the window");
+        assert!(!v4.contains("-A OTPATCH-FORWARD -d 192.0.2.10"), "the gateway's own flows are not forwarded");
         assert!(!v4.contains("2001:db8"));
         assert!(v4.contains("-I INPUT 1 -j OTPATCH-INPUT"));
         assert!(v4.ends_with("COMMIT\n"));
@@ -241,6 +267,7 @@ mod tests {
         let v6 = IptablesFirewall::restore_input(&rs(), true, &[]);
         assert!(v6.contains("-s 2001:db8::5/128 -p tcp -m tcp --dport 4840"));
         assert!(v6.contains("--comment \"flow scada\""));
+        assert_eq!(v6.matches("--icmpv6-type").count(), 10, "neighbour discovery in input and output");
         assert_eq!(v6.matches("-j DROP").count(), 3);
     }
 

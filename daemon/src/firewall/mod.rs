@@ -7,6 +7,19 @@
 //! `OTPATCH-INPUT`, `OTPATCH-OUTPUT`, `OTPATCH-FORWARD` hooked first into the built-in chains); the site's own
 //! tables and chains are never touched. Applying and lifting are each one transaction.
 //!
+//! What the window adds is only ever a restriction: traffic it allows goes on to the site's own rules (nftables:
+//! the site's base chains still run after ours; iptables: our chains `RETURN` to the built-in chain instead of
+//! accepting), so a flow the site drops stays dropped. Exactly:
+//! - a connection is allowed by address, port and who opens it; the reply half of a rule (the peer's port as
+//!   source port) cannot open a connection (a TCP SYN without ACK, or a UDP packet conntrack sees as new, is
+//!   dropped there);
+//! - there is no blanket "established" rule: a session opened before the window that no flow allows (a remote
+//!   access session, say) passes nothing while the window is open;
+//! - forwarding rules exist only for policy flows marked `routed`; the gateway's own flows (patch server, probe
+//!   targets) have input/output rules only;
+//! - ICMP errors related to a tracked connection (path MTU discovery) and IPv6 neighbour discovery (ICMPv6 types
+//!   133-137) pass, so allowed IPv6 peers stay reachable.
+//!
 //! Both backends run an external command (`nft`, `iptables-restore`) given as an argv prefix, so tests run the
 //! very same code inside a network namespace (`ip netns exec gw nft`).
 
@@ -32,6 +45,8 @@ pub struct Rule {
     pub protocol: Protocol,
     /// Who opens the connection: the gateway (outbound), the peer (inbound), or either.
     pub direction: Direction,
+    /// The flow passes through the gateway: it gets forwarding rules (and only then).
+    pub routed: bool,
     /// Why it is allowed (for the ruleset's comments).
     pub why: String,
 }
@@ -63,6 +78,7 @@ impl Ruleset {
                     port: a.port(),
                     protocol: Protocol::Tcp,
                     direction: Direction::Outbound,
+                    routed: false,
                     why: format!("patch server {host}"),
                 });
             }
@@ -73,6 +89,7 @@ impl Ruleset {
                 port: t.port(),
                 protocol: Protocol::Tcp,
                 direction: Direction::Outbound,
+                routed: false,
                 why: "health probe target".into(),
             });
         }
@@ -82,13 +99,14 @@ impl Ruleset {
                 port: f.port,
                 protocol: f.protocol,
                 direction: f.direction,
+                routed: f.routed,
                 why: format!("flow {}", f.name),
             });
         }
         // The same flow named twice (a probe target that is also a policy flow) needs one rule.
         let mut seen = Vec::new();
         rules.retain(|r| {
-            let key = (r.addr, r.port, r.protocol, r.direction);
+            let key = (r.addr, r.port, r.protocol, r.direction, r.routed);
             if seen.contains(&key) {
                 false
             } else {
@@ -100,48 +118,68 @@ impl Ruleset {
     }
 }
 
-/// One match of a rule in a chain: whether the peer is the packet's destination (else its source), and whether
-/// the rule's port is the destination port (else the source port).
+/// One match of a rule in a chain: whether the peer is the packet's destination (else its source), whether the
+/// rule's port is the destination port (else the source port), and whether the packet is the reply half of the
+/// connection (the peer answering on its service port), which must never open a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct PeerMatch {
     pub peer_is_destination: bool,
     pub port_is_destination: bool,
+    pub reply: bool,
 }
 
 /// The matches a rule needs in a chain (`input`, `output` or `forward`). The direction of the connection decides
 /// which side's port is the service port; both directions of each connection are allowed by address and port, so
-/// that traffic of a connection conntrack has never seen (opened before the window) still passes.
+/// that traffic of a connection conntrack has never seen (opened before the window) still passes, but the
+/// direction that carries replies is marked so the backends refuse connection openings on it.
 pub(crate) fn peer_matches(r: &Rule, chain: &str) -> Vec<PeerMatch> {
-    let m = |peer_is_destination, port_is_destination| PeerMatch { peer_is_destination, port_is_destination };
-    // Gateway opens: gateway -> peer:port (out), replies peer:port -> gateway (in).
-    let (out_request, out_reply) = (m(true, true), m(false, false));
-    // Peer opens: peer -> gateway:port (in), replies gateway:port -> peer (out).
-    let (in_request, in_reply) = (m(false, true), m(true, false));
+    let m =
+        |peer_is_destination, port_is_destination, reply| PeerMatch { peer_is_destination, port_is_destination, reply };
+    // Opened towards the peer: -> peer:port, replies peer:port ->.
+    let (to_peer, to_peer_reply) = (m(true, true, false), m(false, false, true));
+    // Opened by the peer: peer -> :port, replies :port -> peer.
+    let (from_peer, from_peer_reply) = (m(false, true, false), m(true, false, true));
     let outbound = matches!(r.direction, Direction::Outbound | Direction::Both);
     let inbound = matches!(r.direction, Direction::Inbound | Direction::Both);
     let mut v = Vec::new();
+    let routed_here = chain == "forward";
+    if routed_here != r.routed {
+        // The gateway's own flows are never forwarded; a routed flow does not end on the gateway.
+        return v;
+    }
     match chain {
         "output" => {
             if outbound {
-                v.push(out_request);
+                v.push(to_peer);
             }
             if inbound {
-                v.push(in_reply);
+                v.push(from_peer_reply);
             }
         }
         "input" => {
             if outbound {
-                v.push(out_reply);
+                v.push(to_peer_reply);
             }
             if inbound {
-                v.push(in_request);
+                v.push(from_peer);
             }
         }
-        // Routed OT traffic to or from the peer, either way.
-        _ => v.extend([out_request, out_reply]),
+        // Routed traffic: the same two halves, whichever interface they cross.
+        _ => {
+            if outbound {
+                v.extend([to_peer, to_peer_reply]);
+            }
+            if inbound {
+                v.extend([from_peer, from_peer_reply]);
+            }
+        }
     }
     v
 }
+
+/// ICMPv6 neighbour discovery: router solicitation and advertisement, neighbour solicitation and advertisement,
+/// redirect. Without them no IPv6 peer stays reachable once its neighbour entry expires.
+pub(crate) const ICMPV6_ND_TYPES: [u8; 5] = [133, 134, 135, 136, 137];
 
 fn dedup(mut v: Vec<SocketAddr>) -> Vec<SocketAddr> {
     v.sort();
@@ -209,6 +247,7 @@ mod tests {
                     port: 4840,
                     protocol: Protocol::Tcp,
                     direction: Direction::Outbound,
+                    routed: false,
                 },
                 Flow {
                     name: "plc-again".into(),
@@ -216,6 +255,7 @@ mod tests {
                     port: 502,
                     protocol: Protocol::Tcp,
                     direction: Direction::Outbound,
+                    routed: false,
                 },
             ],
             probe_targets: vec!["10.0.5.10:502".parse().unwrap()],

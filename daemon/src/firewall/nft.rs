@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 
+use otpatch_common::policy::Protocol;
+
 use super::{proto_name, run, Rule, Ruleset, TABLE};
 use crate::backend::{BackendError, BackendResult, Firewall, FirewallView, LiftReport, SegmentationPlan};
 
@@ -36,7 +38,17 @@ impl NftFirewall {
                 "output" => s.push_str("    oif \"lo\" accept\n"),
                 _ => {}
             }
-            s.push_str("    ct state established,related accept\n");
+            // No blanket "established": a session that no flow allows passes nothing during the window. ICMP
+            // errors about a tracked connection (path MTU discovery) do, and so does IPv6 neighbour discovery.
+            s.push_str("    meta l4proto { icmp, ipv6-icmp } ct state related accept\n");
+            if chain != "forward" {
+                let types: Vec<String> = super::ICMPV6_ND_TYPES.iter().map(u8::to_string).collect();
+                let _ = writeln!(
+                    s,
+                    "    icmpv6 type {{ {} }} accept comment \"IPv6 neighbour discovery\"",
+                    types.join(", ")
+                );
+            }
             for r in &rs.rules {
                 for line in rule_lines(r, chain) {
                     let _ = writeln!(s, "    {line} accept comment \"{}\"", sanitize(&r.why));
@@ -107,7 +119,8 @@ fn family(a: &IpAddr) -> &'static str {
     }
 }
 
-/// The nft match expressions of a rule in a chain (see [`super::peer_matches`]).
+/// The nft match expressions of a rule in a chain (see [`super::peer_matches`]). The reply half never opens a
+/// connection: for TCP a SYN without ACK does not match it, for UDP only what conntrack knows as established does.
 fn rule_lines(r: &Rule, chain: &str) -> Vec<String> {
     let (f, p) = (family(&r.addr), proto_name(r.protocol));
     super::peer_matches(r, chain)
@@ -115,7 +128,12 @@ fn rule_lines(r: &Rule, chain: &str) -> Vec<String> {
         .map(|m| {
             let addr = if m.peer_is_destination { "daddr" } else { "saddr" };
             let port = if m.port_is_destination { "dport" } else { "sport" };
-            format!("{f} {addr} {} {p} {port} {}", r.addr, r.port)
+            let guard = match (m.reply, r.protocol) {
+                (false, _) => "",
+                (true, Protocol::Tcp) => " tcp flags & (syn | ack) != syn",
+                (true, Protocol::Udp) => " ct state established",
+            };
+            format!("{f} {addr} {} {p} {port} {}{guard}", r.addr, r.port)
         })
         .collect()
 }
@@ -158,6 +176,7 @@ mod tests {
                     port: 8443,
                     protocol: Protocol::Tcp,
                     direction: Direction::Outbound,
+                    routed: false,
                     why: "patch server".into(),
                 },
                 Rule {
@@ -165,6 +184,7 @@ mod tests {
                     port: 4840,
                     protocol: Protocol::Udp,
                     direction: Direction::Inbound,
+                    routed: false,
                     why: "flow scada".into(),
                 },
             ],
@@ -177,9 +197,13 @@ mod tests {
         let s = NftFirewall::script(&rs());
         assert!(s.starts_with("add table inet otpatch\ndelete table inet otpatch\ntable inet otpatch {"));
         assert!(s.contains("ip daddr 192.0.2.10 tcp dport 8443 accept comment \"patch server\""));
-        assert!(s.contains("ip saddr 192.0.2.10 tcp sport 8443 accept"));
+        assert!(s.contains("ip saddr 192.0.2.10 tcp sport 8443 tcp flags & (syn | ack) != syn accept"));
         assert!(s.contains("ip6 saddr 2001:db8::5 udp dport 4840 accept"));
-        assert!(s.contains("ip6 daddr 2001:db8::5 udp sport 4840 accept"));
+        assert!(s.contains("ip6 daddr 2001:db8::5 udp sport 4840 ct state established accept"));
+        assert!(!s.contains("established,related"), "no blanket rule for sessions opened before the window");
+        assert_eq!(s.matches("icmpv6 type { 133, 134, 135, 136, 137 } accept").count(), 2, "input and output");
+        let forward = &s[s.find("chain forward").unwrap()..];
+        assert!(!forward.contains("192.0.2.10"), "the gateway's own flows are not forwarded: {forward}");
         assert_eq!(s.matches("counter drop").count(), 3);
         assert_eq!(s.matches("log prefix").count(), 3);
         // A hostile window id cannot inject statements.
