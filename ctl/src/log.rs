@@ -132,7 +132,7 @@ pub async fn run(client: &Client, args: &LogArgs, json: bool) -> Result<u8, CtlE
             );
         }
         if let Err(message) = &result {
-            eprintln!("otpatchctl: audit chain broken: {message}");
+            out::error_line(&format!("otpatchctl: audit chain broken: {message}"));
         } else {
             let from = if anchored { String::new() } else { format!(" (from seq {})", args.from) };
             out::line(&format!("audit chain intact: {} records{from}", records.len()));

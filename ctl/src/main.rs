@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("otpatchctl: {}", e.message);
+            out::error_line(&format!("otpatchctl: {}", e.message));
             if json {
                 out::json(&e.to_json());
             }
@@ -47,7 +47,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
         Command::Completions { shell } => {
             let mut buf = Vec::new();
             clap_complete::generate(clap_complete::Shell::from(*shell), &mut Cli::command(), "otpatchctl", &mut buf);
-            out::write(&String::from_utf8_lossy(&buf));
+            out::write_trusted(&String::from_utf8_lossy(&buf));
             Ok(exit::OK)
         }
         Command::Man { out: None } => {
@@ -55,7 +55,7 @@ fn run(cli: Cli) -> Result<u8, CtlError> {
             clap_mangen::Man::new(man_command())
                 .render(&mut buf)
                 .map_err(|e| CtlError::failed(format!("cannot render the man page: {e}")))?;
-            out::write(&String::from_utf8_lossy(&buf));
+            out::write_trusted(&String::from_utf8_lossy(&buf));
             Ok(exit::OK)
         }
         Command::Man { out: Some(dir) } => {
@@ -115,7 +115,7 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
         Command::Status => {
             let text = client.status_text().await?;
             if json {
-                out::line(text.trim());
+                out::json_text(text.trim());
             } else {
                 let snapshot = client::parse_status(&text)?;
                 out::write(&render::status(&snapshot, Timestamp::now(), &TimeZone::system()));
@@ -124,7 +124,7 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
         Command::Livepatch(LivepatchCommand::List) => {
             let text = proxy.list_livepatches().await.map_err(|e| client.err(e))?;
             if json {
-                out::line(text.trim());
+                out::json_text(text.trim());
             } else {
                 let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
                     CtlError::new(
@@ -143,7 +143,7 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
         Command::Health => {
             let text = proxy.get_health().await.map_err(|e| client.err(e))?;
             if json {
-                out::line(text.trim());
+                out::json_text(text.trim());
             } else {
                 let table: Vec<otpatch_common::api::ProbeReport> = serde_json::from_str(&text).map_err(|e| {
                     CtlError::new(

@@ -33,7 +33,7 @@ pub fn run(args: &PolicyCheckArgs, json: bool) -> Result<u8, CtlError> {
         }
         Err(PolicyErrors(errors)) => {
             for e in &errors {
-                eprintln!("{e}");
+                out::error_line(&e.to_string());
             }
             let summary = match errors.len() {
                 0 => "policy invalid".to_string(),

@@ -114,6 +114,10 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
         "off".to_string()
     };
     rows.push(("Segmentation", seg));
+    if s.segmentation_active && !s.segmentation_ruleset.trim().is_empty() {
+        // What the window lets through, as the firewall tool lists it (see README, "Segmentation").
+        rows.push(("Ruleset", s.segmentation_ruleset.trim_end().to_string()));
+    }
     let policy = if s.policy_sources.is_empty() { "none".to_string() } else { s.policy_sources.join("\n") };
     rows.push(("Policy files", policy));
 
@@ -376,6 +380,16 @@ Policy files:   /etc/otpatch/policy.toml
                 /etc/otpatch/policy.d/10-line3.toml
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_page_shows_the_ruleset_in_place() {
+        let mut s = snapshot();
+        s.segmentation_ruleset = "table inet otpatch {\n  chain input {\n  }\n}\n".into();
+        let text = status(&s, now(), &berlin());
+        assert!(text.contains("Ruleset:        table inet otpatch {\n                  chain input {\n"), "{text}");
+        s.segmentation_active = false;
+        assert!(!status(&s, now(), &berlin()).contains("Ruleset:"));
     }
 
     #[test]

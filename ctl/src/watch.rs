@@ -159,7 +159,7 @@ impl Printer {
     fn draw_bar(&mut self, bar: &str) {
         let stamp = render::clock(Timestamp::now(), &self.tz);
         if self.tty {
-            out::write(&format!("\r\x1b[2K{stamp}  {bar}"));
+            out::write_trusted(&format!("\r\x1b[2K{stamp}  {}", out::escape(bar)));
             self.bar_open = true;
         } else {
             out::line(&format!("{stamp}  {bar}"));
@@ -313,7 +313,7 @@ pub async fn run(args: &WatchArgs, json: bool, timeout: Duration) -> Result<u8, 
                         if args.exit_on_complete {
                             let code = outcome_code(&outcome);
                             if code == exit::FAILURE && !json {
-                                eprintln!("otpatchctl: window {window} closed with an outcome otpatchctl does not know: {outcome}");
+                                out::error_line(&format!("otpatchctl: window {window} closed with an outcome otpatchctl does not know: {outcome}"));
                             }
                             break code;
                         }

@@ -352,3 +352,36 @@ fn bundle_create_then_inspect_against_the_gateways_policy() {
     assert_eq!(o.status.code(), Some(12), "{}", stderr(&o));
     assert!(!bad.exists());
 }
+
+#[test]
+fn control_characters_from_input_never_reach_the_terminal() {
+    // A policy key (TOML allows any character in a quoted key) and a value that would clear the screen, set the
+    // window title and reverse the text if printed raw.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let site = dir.path().join("site.toml");
+    let line3 = dir.path().join("line3.toml");
+    let evil = "[rollback]\n\"id\\u001b[2J\\u001b]0;owned\\u0007\" = 1\non_degraded = \"x\\u009b31m\\u202eyxe\"\n";
+    fs::write(&site, GOOD).expect("write");
+    fs::write(&line3, evil).expect("write");
+    for json in [false, true] {
+        let files = [site.to_str().expect("utf-8"), line3.to_str().expect("utf-8")];
+        let mut args = vec!["policy", "check", "--no-files", files[0], files[1]];
+        if json {
+            args.insert(0, "--json");
+        }
+        let o = otpatchctl(&args);
+        assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+        for (name, text) in [("stdout", stdout(&o)), ("stderr", stderr(&o))] {
+            let raw: Vec<char> = text
+                .chars()
+                .filter(|c| (c.is_control() && *c != '\n') || ('\u{202a}'..='\u{202e}').contains(c))
+                .collect();
+            assert!(raw.is_empty(), "{name} (json {json}) carries raw control characters {raw:?}:\n{text}");
+        }
+        assert!(stderr(&o).contains("[2J"), "the key is shown, escaped: {}", stderr(&o));
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("still JSON");
+            assert_eq!(v["errors"].as_array().map(Vec::len), Some(2), "{v}");
+        }
+    }
+}

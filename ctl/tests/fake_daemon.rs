@@ -320,6 +320,38 @@ fn commands_and_error_mapping() {
     assert_eq!(v["gateway_id"], "gw-fake");
 }
 
+/// Characters a terminal acts on: C0 (but the line feed) and C1 controls, DEL, and the bidirectional overrides
+/// that reorder what the operator reads.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| (c.is_control() && *c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .collect()
+}
+
+#[test]
+fn text_from_the_daemon_is_escaped_before_it_reaches_the_terminal() {
+    let Some(bus) = bus() else { return };
+    // What a bundle name, a certificate subject or an error text relayed by the daemon could carry.
+    let evil = "fetching \u{1b}[2J\u{1b}]0;owned\u{7}lp\u{9b}31m\u{202e}exe.ko";
+    serve(&bus, Fake { progress: (40, evil.into()), ..Fake::default() });
+    let o = run(&bus, &["status"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let page = text(&o.stdout);
+    assert_eq!(terminal_controls(&page), Vec::<char>::new(), "{page:?}");
+    assert!(page.contains(r"\x1b[2J") && page.contains("exe.ko"), "shown, escaped: {page}");
+    let o = run(&bus, &["--json", "status"]);
+    let out = text(&o.stdout);
+    assert_eq!(terminal_controls(&out), Vec::<char>::new(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+    assert_eq!(v["progress_message"], evil, "JSON readers get the text unchanged");
+    // An error text of the daemon's, on stderr.
+    let o = run(&bus, &["window", "cancel", "w-\u{1b}[2J\u{1b}[31m"]);
+    assert_eq!(o.status.code(), Some(8));
+    let err = text(&o.stderr);
+    assert_eq!(terminal_controls(&err), Vec::<char>::new(), "{err:?}");
+    assert!(err.contains(r"no window w-\x1b[2J"), "{err}");
+}
+
 #[test]
 fn audit_log_pages_and_verifies() {
     let Some(bus) = bus() else { return };
