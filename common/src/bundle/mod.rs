@@ -229,9 +229,10 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 
 fn compare_component(a: &str, b: &str) -> Ordering {
     let split = |s: &str| {
-        let n = s.bytes().take_while(u8::is_ascii_digit).count();
-        let digits = s[..n].trim_start_matches('0');
-        (digits.to_string(), s[n..].to_string())
+        // No byte offsets into the text: the version comes from an untrusted manifest.
+        let rest = s.trim_start_matches(|c: char| c.is_ascii_digit());
+        let digits = s.strip_suffix(rest).unwrap_or_default().trim_start_matches('0');
+        (digits.to_string(), rest.to_string())
     };
     let (an, ar) = split(a);
     let (bn, br) = split(b);

@@ -134,24 +134,33 @@ impl Cert {
     }
 }
 
-/// UTCTime or GeneralizedTime, both only in the `Z` form DER requires.
+/// UTCTime or GeneralizedTime, both only in the `Z` form DER requires. Read byte by byte: the value is untrusted
+/// and may hold any bytes, multi-byte UTF-8 included, so nothing here slices text.
 pub(crate) fn parse_time(t: &Tlv<'_>, part: &'static str) -> Result<Timestamp, BundleError> {
+    let shown = String::from_utf8_lossy(t.value);
     let bad = |why: &str| BundleError::Der { part, offset: t.offset, reason: format!("bad time: {why}") };
-    let s = std::str::from_utf8(t.value).map_err(|_| bad("not ASCII"))?;
-    let (year, rest) = match t.tag {
-        tag::UTC_TIME if s.len() == 13 => {
-            let yy: i16 = s[..2].parse().map_err(|_| bad(s))?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &s[2..])
-        }
-        tag::GENERALIZED_TIME if s.len() == 15 => (s[..4].parse().map_err(|_| bad(s))?, &s[4..]),
-        _ => return Err(bad(&format!("tag 0x{:02x} with {:?}", t.tag, s))),
+    let digits = match t.tag {
+        tag::UTC_TIME => 12,
+        tag::GENERALIZED_TIME => 14,
+        other => return Err(bad(&format!("tag 0x{other:02x} with {shown:?}"))),
     };
-    if !rest.ends_with('Z') || !rest[..rest.len() - 1].bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad(s));
+    let v = t.value;
+    if v.len() != digits + 1 || v.last() != Some(&b'Z') || !v[..digits].iter().all(u8::is_ascii_digit) {
+        return Err(bad(&format!("{shown:?} is not {digits} ASCII digits and Z")));
     }
-    let n = |i: usize| rest[i..i + 2].parse::<i8>().map_err(|_| bad(s));
-    let dt = jiff::civil::DateTime::new(year, n(0)?, n(2)?, n(4)?, n(6)?, n(8)?, 0).map_err(|_| bad(s))?;
-    dt.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).map_err(|_| bad(s))
+    // All ASCII digits from here: each pair is two decimal digits.
+    let num = |i: usize, n: usize| v[i..i + n].iter().fold(0i16, |acc, d| acc * 10 + i16::from(d - b'0'));
+    let (year, rest) = if digits == 12 {
+        let yy = num(0, 2);
+        (if yy >= 50 { 1900 + yy } else { 2000 + yy }, 2)
+    } else {
+        (num(0, 4), 4)
+    };
+    // Each of month, day, hour, minute, second is below 100, so it fits an i8.
+    let pair = |k: usize| i8::try_from(num(rest + 2 * k, 2)).map_err(|_| bad(&shown));
+    let dt = jiff::civil::DateTime::new(year, pair(0)?, pair(1)?, pair(2)?, pair(3)?, pair(4)?, 0)
+        .map_err(|_| bad(&shown))?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).map_err(|_| bad(&shown))
 }
 
 fn attr_name(oid: &[u8]) -> String {
