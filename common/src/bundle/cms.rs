@@ -398,7 +398,17 @@ pub(crate) fn verify_signer(
         chain.push(anchor.clone());
     }
     if !trust.allowed_signers.is_empty() {
-        let cn = signer_cert.common_name.clone().unwrap_or_default();
+        // Compared exactly as encoded: a name that cannot be decoded exactly is refused, never rendered lossily.
+        let cn = match &signer_cert.common_name {
+            Ok(Some(cn)) => cn.clone(),
+            Ok(None) => {
+                return Err(BundleError::SignerNameMalformed {
+                    signer: subject,
+                    reason: "the subject has no commonName".into(),
+                })
+            }
+            Err(reason) => return Err(BundleError::SignerNameMalformed { signer: subject, reason: reason.clone() }),
+        };
         if !trust.allowed_signers.contains(&cn) {
             return Err(BundleError::SignerNotAllowed { common_name: cn, allowed: trust.allowed_signers.clone() });
         }

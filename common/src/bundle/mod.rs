@@ -171,6 +171,8 @@ pub enum BundleError {
     NotCodeSigning { signer: String },
     #[error("signer CN {common_name:?} is not one of the allowed signers {allowed:?}")]
     SignerNotAllowed { common_name: String, allowed: Vec<String> },
+    #[error("signer {signer}: {reason}, so it cannot be compared with the allowed signers")]
+    SignerNameMalformed { signer: String, reason: String },
     #[error("manifest: {reason}")]
     Manifest { reason: String },
     #[error("payloads declared in the manifest total {declared} bytes, the bundle holds {actual}")]
