@@ -108,3 +108,24 @@ fn malformed_common_names_are_refused_not_compared_lossily() {
         assert!(msg.contains("commonName") && msg.contains("O=otpatch tests"), "{label}: {msg}");
     }
 }
+#[test]
+fn key_usage_must_permit_what_each_certificate_does() {
+    let pki = Pki::get();
+    let dir = tempfile::tempdir().unwrap();
+    // A normal chain (signer: digitalSignature; CAs: keyCertSign) verifies.
+    let good = bundle_signed(dir.path(), pki.path("p256.pem"), "p256", "inter");
+    bundle::verify(&good, &trust(&[]), &exp()).unwrap();
+
+    let keyenc = bundle_signed(dir.path(), pki.path("keyenc.pem"), "keyenc", "inter");
+    let err = bundle::verify(&keyenc, &trust(&[]), &exp()).unwrap_err().to_string();
+    assert!(err.contains("digitalSignature") && err.contains("vendor-signer-keyenc"), "{err}");
+
+    let under = bundle_signed(dir.path(), pki.path("undernocertsign.pem"), "undernocertsign", "nocertsign");
+    let err = bundle::verify(&under, &trust(&[]), &exp()).unwrap_err().to_string();
+    assert!(err.contains("keyCertSign") && err.contains("otpatch Test CA without keyCertSign"), "{err}");
+
+    // The same CA as the site's anchor: its certificate is known, so its keyUsage is checked too.
+    let anchored = TrustStore::from_pem_files(&[pki.path("nocertsign.pem")], &[], None).unwrap();
+    let err = bundle::verify(&under, &anchored, &exp()).unwrap_err().to_string();
+    assert!(err.contains("keyCertSign") && err.contains("otpatch Test CA without keyCertSign"), "{err}");
+}

@@ -377,6 +377,9 @@ pub(crate) fn verify_signer(
     if !signer_cert.has_code_signing() {
         return Err(BundleError::NotCodeSigning { signer: subject });
     }
+    if !signer_cert.permits_digital_signature() {
+        return Err(BundleError::KeyUsageForbids { subject, usage: "digitalSignature", role: "the signer" });
+    }
     let path = ee
         .verify_for_usage(
             CHAIN_ALGS,
@@ -396,6 +399,15 @@ pub(crate) fn verify_signer(
     let anchor_subject = path.anchor().subject.as_ref().to_vec();
     if let Some(anchor) = trust.anchor_certs.iter().find(|c| c.subject_raw.ends_with(&anchor_subject)) {
         chain.push(anchor.clone());
+    }
+    // webpki does not read keyUsage; every CA of the path (the anchor too, when its certificate is known) must be
+    // allowed to sign certificates when it restricts its key's use.
+    if let Some(ca) = chain.iter().find(|c| !c.permits_key_cert_sign()) {
+        return Err(BundleError::KeyUsageForbids {
+            subject: ca.subject.clone(),
+            usage: "keyCertSign",
+            role: "a CA of the chain",
+        });
     }
     if !trust.allowed_signers.is_empty() {
         // Compared exactly as encoded: a name that cannot be decoded exactly is refused, never rendered lossily.

@@ -167,6 +167,10 @@ pub enum BundleError {
     Revoked { signer: String },
     #[error("chain of {signer} is invalid: {reason}")]
     Chain { signer: String, reason: String },
+    #[error(
+        "certificate {subject}: its keyUsage does not permit {usage} (RFC 5280 4.2.1.3), so it cannot act as {role}"
+    )]
+    KeyUsageForbids { subject: String, usage: &'static str, role: &'static str },
     #[error("signer {signer} lacks extendedKeyUsage codeSigning")]
     NotCodeSigning { signer: String },
     #[error("signer CN {common_name:?} is not one of the allowed signers {allowed:?}")]
