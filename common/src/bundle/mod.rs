@@ -20,6 +20,8 @@ mod der;
 mod manifest;
 mod otpatch;
 mod rauc;
+#[doc(hidden)]
+pub mod shapes;
 mod squashfs;
 mod trust;
 mod x509;
@@ -476,6 +478,8 @@ mod tests;
 pub mod fuzzing {
     pub use super::otpatch::parse_untrusted as otpatch_bundle;
     pub use super::rauc::{parse_manifest_untrusted as rauc_manifest, read_manifest_untrusted as squashfs_manifest};
+    /// The structure-aware generator: [`shapes::check`] decodes bytes into a DER shape and feeds every parser.
+    pub use super::shapes;
 
     /// The trailer decoder alone.
     pub fn trailer(bytes: &[u8]) -> bool {

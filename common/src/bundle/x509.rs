@@ -227,12 +227,12 @@ fn exact_value(v: &Any<'_>) -> Result<String, String> {
                 None => Ok(v.data.iter().map(|b| char::from(*b)).collect()),
             }
         }
-        Tag::BmpString if n % 2 != 0 => Err(format!("BMPString has an odd number of bytes ({n})")),
+        Tag::BmpString if !n.is_multiple_of(2) => Err(format!("BMPString has an odd number of bytes ({n})")),
         Tag::BmpString => {
             let units: Vec<u16> = v.data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             String::from_utf16(&units).map_err(|_| "BMPString is not valid UTF-16".into())
         }
-        Tag::UniversalString if n % 4 != 0 => Err(format!("UniversalString has {n} bytes, not a multiple of 4")),
+        Tag::UniversalString if !n.is_multiple_of(4) => Err(format!("UniversalString has {n} bytes, not a multiple of 4")),
         Tag::UniversalString => v
             .data
             .chunks_exact(4)
