@@ -1,7 +1,8 @@
 //! A small PKI made at test time with the real `openssl` CLI, shared by the bundle interop tests (included with
 //! `#[path]`): a root CA, an intermediate, signing certificates (RSA 2048/3072, ECDSA P-256/P-384), one without
-//! codeSigning, expired and not-yet-valid ones (`openssl ca -startdate/-enddate`), a revoked one with its CRL, and
-//! an unrelated CA with its own signer.
+//! codeSigning, expired and not-yet-valid ones (`openssl ca -startdate/-enddate`), a revoked one with its CRL (and
+//! a CRL valid for one day, the root's CRL, an unrelated CA's CRL), signers and a CA whose keyUsage forbids what
+//! they do, and an unrelated CA with its own signer.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -178,6 +179,14 @@ impl Pki {
         pki.issue_dated("future", "vendor-signer-future", "20900101000000Z", "20950101000000Z");
         pki.openssl(&["ca", "-batch", "-config", "ca.cnf", "-revoke", "revoked.pem"]);
         pki.openssl(&["ca", "-batch", "-config", "ca.cnf", "-gencrl", "-crlexts", "crl_ext", "-out", "inter.crl"]);
+        // The intermediate's CRL valid for one day only, the root's (an anchor's) own, and an unrelated CA's.
+        pki.openssl(&["ca", "-batch", "-config", "ca.cnf", "-gencrl", "-crldays", "1", "-out", "inter-1day.crl"]);
+        let as_ca = |cert: &str, out: &str| {
+            let (c, k) = (format!("{cert}.pem"), format!("{cert}.key"));
+            pki.openssl(&["ca", "-batch", "-config", "ca.cnf", "-gencrl", "-cert", &c, "-keyfile", &k, "-out", out]);
+        };
+        as_ca("root", "root.crl");
+        as_ca("otherroot", "other.crl");
         pki
     }
 

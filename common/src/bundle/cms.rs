@@ -380,6 +380,17 @@ pub(crate) fn verify_signer(
     if !signer_cert.permits_digital_signature() {
         return Err(BundleError::KeyUsageForbids { subject, usage: "digitalSignature", role: "the signer" });
     }
+    // An expired CRL says nothing about what was revoked since: refused, whatever webpki would make of it.
+    if let Some(crl) = &trust.crl_info {
+        if crl.next_update <= now {
+            return Err(BundleError::CrlExpired {
+                path: crl.path.clone(),
+                issuer: crl.issuer.clone(),
+                next_update: crl.next_update,
+                now,
+            });
+        }
+    }
     let path = ee
         .verify_for_usage(
             CHAIN_ALGS,
@@ -399,6 +410,17 @@ pub(crate) fn verify_signer(
     let anchor_subject = path.anchor().subject.as_ref().to_vec();
     if let Some(anchor) = trust.anchor_certs.iter().find(|c| c.subject_raw.ends_with(&anchor_subject)) {
         chain.push(anchor.clone());
+    }
+    // webpki consults a CRL only for certificates its issuer issued; one of no CA of the chain would silently
+    // revoke nothing, so it is refused.
+    if let Some(crl) = &trust.crl_info {
+        if !chain.iter().any(|c| c.subject_raw == crl.issuer_raw) {
+            return Err(BundleError::CrlIssuerNotInChain {
+                path: crl.path.clone(),
+                issuer: crl.issuer.clone(),
+                signer: subject,
+            });
+        }
     }
     // webpki does not read keyUsage; every CA of the path (the anchor too, when its certificate is known) must be
     // allowed to sign certificates when it restricts its key's use.

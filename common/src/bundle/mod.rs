@@ -201,6 +201,16 @@ pub enum BundleError {
     TrustAnchor { path: PathBuf, reason: String },
     #[error("CRL {path}: {reason}")]
     Crl { path: PathBuf, reason: String },
+    #[error(
+        "CRL {path} (issued by {issuer}) expired at {next_update} (now {now}): the plant must renew it \
+         (a new CRL from the issuing CA, e.g. openssl ca -gencrl) and install it; until then bundles are refused"
+    )]
+    CrlExpired { path: PathBuf, issuer: String, next_update: Timestamp, now: Timestamp },
+    #[error(
+        "CRL {path} is issued by {issuer}, which is neither a trust anchor nor a CA of the chain of {signer}; it \
+         cannot revoke anything there, so it is refused rather than ignored: configure the CRL of the vendor's CA"
+    )]
+    CrlIssuerNotInChain { path: PathBuf, issuer: String, signer: String },
     #[error("signing key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("squashfs at offset {offset}: {reason}")]

@@ -232,7 +232,9 @@ fn exact_value(v: &Any<'_>) -> Result<String, String> {
             let units: Vec<u16> = v.data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             String::from_utf16(&units).map_err(|_| "BMPString is not valid UTF-16".into())
         }
-        Tag::UniversalString if !n.is_multiple_of(4) => Err(format!("UniversalString has {n} bytes, not a multiple of 4")),
+        Tag::UniversalString if !n.is_multiple_of(4) => {
+            Err(format!("UniversalString has {n} bytes, not a multiple of 4"))
+        }
         Tag::UniversalString => v
             .data
             .chunks_exact(4)
@@ -246,7 +248,7 @@ fn exact_value(v: &Any<'_>) -> Result<String, String> {
     }
 }
 
-fn render_name(name: &X509Name<'_>) -> String {
+pub(crate) fn render_name(name: &X509Name<'_>) -> String {
     name.iter_attributes()
         .map(|a| format!("{}={}", attr_name(a.attr_type().as_bytes()), display_value(a.attr_value())))
         .collect::<Vec<_>>()
