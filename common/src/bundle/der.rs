@@ -1,4 +1,5 @@
-//! A minimal, strict DER reader and writer for the parts of CMS and X.509 the verifier needs.
+//! A minimal, strict DER reader and writer for the CMS envelope and its signed attributes (certificates are read
+//! with `x509-parser`, in `x509.rs`; `create.rs` writes CMS with the writer here).
 //!
 //! Why our own: the signature over the signed attributes must be checked against the exact bytes the signer
 //! produced (re-encoding a parsed structure could silently "fix" them), and every error has to name the offset
@@ -7,7 +8,7 @@
 
 use super::BundleError;
 
-/// Universal and context tags used by CMS and X.509.
+/// Universal and context tags used by CMS.
 pub(crate) mod tag {
     pub const INTEGER: u8 = 0x02;
     pub const OCTET_STRING: u8 = 0x04;
