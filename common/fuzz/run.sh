@@ -10,7 +10,7 @@ export RUSTC_BOOTSTRAP=1
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
     cargo install --locked cargo-fuzz
 fi
-targets=(trailer manifest cms otpatch_bundle rauc_manifest squashfs)
+targets=(trailer manifest cms otpatch_bundle rauc_manifest squashfs shapes)
 cargo fuzz build
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -431,6 +431,38 @@ fn allowed_signers_and_crl() {
     bundle::verify(&revoked.path(), &trust(), &exp()).unwrap();
 }
 
+#[test]
+fn crls_must_be_current_and_issued_by_a_ca_of_the_chain() {
+    let pki = Pki::get();
+    let root = [pki.path("root.pem")];
+    let b = build(&Spec::default(), &["p256"], &[]);
+
+    // A CRL valid for one day: accepted now, refused two days later with a message to renew it.
+    let short = TrustStore::from_pem_files(&root, &[], Some(&pki.path("inter-1day.crl"))).unwrap();
+    bundle::verify(&b.path(), &short, &exp()).unwrap();
+    let later = Expectations { now: now() + jiff::SignedDuration::from_hours(48), ..exp() };
+    let err = bundle::verify(&b.path(), &short, &later).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("expired") && msg.contains("renew"), "{msg}");
+
+    // The anchor's own CRL loads (its signature is checked against the anchor) and revokes nothing here.
+    let root_crl = TrustStore::from_pem_files(&root, &[], Some(&pki.path("root.crl"))).unwrap();
+    bundle::verify(&b.path(), &root_crl, &exp()).unwrap();
+    // The same CRL with its signature broken is refused when the trust store is built.
+    let der = run(&pki.root, "openssl", &["crl", "-in", "root.crl", "-outform", "DER"]).stdout;
+    let broken = pki.path("root-broken.crl");
+    std::fs::write(&broken, flip(&der, -2)).unwrap();
+    let err = TrustStore::from_pem_files(&root, &[], Some(&broken)).unwrap_err().to_string();
+    assert!(err.contains("signature"), "{err}");
+
+    // A CRL of a CA that is neither an anchor nor a CA of the chain is not silently ignored.
+    let refused = match TrustStore::from_pem_files(&root, &[], Some(&pki.path("other.crl"))) {
+        Err(e) => e.to_string(),
+        Ok(t) => bundle::verify(&b.path(), &t, &exp()).unwrap_err().to_string(),
+    };
+    assert!(refused.contains("Unknown Vendor CA"), "{refused}");
+}
+
 /// `openssl cms -verify` over the same manifest and signature, with the same anchor, at the same time.
 fn openssl_accepts(dir: &Path, manifest: &[u8], cms: &[u8], at: Timestamp) -> bool {
     let m = dir.join("agree.toml");

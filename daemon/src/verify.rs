@@ -66,7 +66,11 @@ impl BundleVerifier {
 
     /// The time signatures are checked against.
     pub fn now(&self, committed: &Committed) -> Timestamp {
-        let now = self.clock.now();
+        self.at_least_floor(self.clock.now(), committed)
+    }
+
+    /// `now`, raised to the clock floor when the policy's time source has one.
+    fn at_least_floor(&self, now: Timestamp, committed: &Committed) -> Timestamp {
         match (self.time_source, committed.time_floor) {
             (TimeSource::SystemWithFloor, Some(floor)) if floor > now => floor,
             _ => now,
@@ -217,6 +221,14 @@ impl IndexVerifier for BundleVerifier {
         let trust = self.trust.as_deref().map_err(|e| e.clone())?;
         let committed = Committed::load(&self.committed_path())?;
         bundle::verify_detached(content, signature, trust, self.now(&committed)).map_err(|e| e.to_string())
+    }
+
+    fn check_time(&self, clock_now: Timestamp) -> Timestamp {
+        // Unreadable state: the clock as it is (the signature check then refuses, reading the same file).
+        match Committed::load(&self.committed_path()) {
+            Ok(c) => self.at_least_floor(clock_now, &c),
+            Err(_) => clock_now,
+        }
     }
 }
 
@@ -460,5 +472,29 @@ mod tests {
         assert!(who.contains("vendor signing"), "{who}");
         let e = IndexVerifier::verify(&s.verifier, b"{\"format\":2}", &sig, Timestamp::now()).unwrap_err();
         assert!(e.to_lowercase().contains("digest"), "{e}");
+    }
+
+    /// The index's `expires` is checked at the time its signature is: with `system-with-floor`, never before the
+    /// clock floor, so a gateway whose clock restarted in 1970 refuses an index that expired before the floor.
+    #[test]
+    fn the_index_expiry_is_checked_against_the_clock_floor() {
+        let at_1970 = Timestamp::UNIX_EPOCH;
+        let floor: Timestamp = "2026-12-01T00:00:00Z".parse().unwrap();
+        let index = br#"{"format":1,"issued":"2026-10-01T00:00:00Z","expires":"2026-11-01T00:00:00Z","bundles":[]}"#;
+        for with_floor in [true, false] {
+            let s = setup(with_floor);
+            let committed = Committed { time_floor: Some(floor), ..Committed::default() };
+            let path = s.dir.path().join("var/lib/otpatch/committed.json");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, serde_json::to_vec(&committed).unwrap()).unwrap();
+            let t = IndexVerifier::check_time(&s.verifier, at_1970);
+            if with_floor {
+                assert_eq!(t, floor, "the floor, as for the signature");
+                let e = crate::fetch::Index::check(index, t, None).unwrap_err();
+                assert!(e.0.contains("expired"), "{e}");
+            } else {
+                assert_eq!(t, at_1970, "time_source = system: the clock as it is");
+            }
+        }
     }
 }

@@ -377,6 +377,20 @@ pub(crate) fn verify_signer(
     if !signer_cert.has_code_signing() {
         return Err(BundleError::NotCodeSigning { signer: subject });
     }
+    if !signer_cert.permits_digital_signature() {
+        return Err(BundleError::KeyUsageForbids { subject, usage: "digitalSignature", role: "the signer" });
+    }
+    // An expired CRL says nothing about what was revoked since: refused, whatever webpki would make of it.
+    if let Some(crl) = &trust.crl_info {
+        if crl.next_update <= now {
+            return Err(BundleError::CrlExpired {
+                path: crl.path.clone(),
+                issuer: crl.issuer.clone(),
+                next_update: crl.next_update,
+                now,
+            });
+        }
+    }
     let path = ee
         .verify_for_usage(
             CHAIN_ALGS,
@@ -397,8 +411,38 @@ pub(crate) fn verify_signer(
     if let Some(anchor) = trust.anchor_certs.iter().find(|c| c.subject_raw.ends_with(&anchor_subject)) {
         chain.push(anchor.clone());
     }
+    // webpki consults a CRL only for certificates its issuer issued; one of no CA of the chain would silently
+    // revoke nothing, so it is refused.
+    if let Some(crl) = &trust.crl_info {
+        if !chain.iter().any(|c| c.subject_raw == crl.issuer_raw) {
+            return Err(BundleError::CrlIssuerNotInChain {
+                path: crl.path.clone(),
+                issuer: crl.issuer.clone(),
+                signer: subject,
+            });
+        }
+    }
+    // webpki does not read keyUsage; every CA of the path (the anchor too, when its certificate is known) must be
+    // allowed to sign certificates when it restricts its key's use.
+    if let Some(ca) = chain.iter().find(|c| !c.permits_key_cert_sign()) {
+        return Err(BundleError::KeyUsageForbids {
+            subject: ca.subject.clone(),
+            usage: "keyCertSign",
+            role: "a CA of the chain",
+        });
+    }
     if !trust.allowed_signers.is_empty() {
-        let cn = signer_cert.common_name.clone().unwrap_or_default();
+        // Compared exactly as encoded: a name that cannot be decoded exactly is refused, never rendered lossily.
+        let cn = match &signer_cert.common_name {
+            Ok(Some(cn)) => cn.clone(),
+            Ok(None) => {
+                return Err(BundleError::SignerNameMalformed {
+                    signer: subject,
+                    reason: "the subject has no commonName".into(),
+                })
+            }
+            Err(reason) => return Err(BundleError::SignerNameMalformed { signer: subject, reason: reason.clone() }),
+        };
         if !trust.allowed_signers.contains(&cn) {
             return Err(BundleError::SignerNotAllowed { common_name: cn, allowed: trust.allowed_signers.clone() });
         }

@@ -1,4 +1,5 @@
-//! A minimal, strict DER reader and writer for the parts of CMS and X.509 the verifier needs.
+//! A minimal, strict DER reader and writer for the CMS envelope and its signed attributes (certificates are read
+//! with `x509-parser`, in `x509.rs`; `create.rs` writes CMS with the writer here).
 //!
 //! Why our own: the signature over the signed attributes must be checked against the exact bytes the signer
 //! produced (re-encoding a parsed structure could silently "fix" them), and every error has to name the offset
@@ -7,25 +8,18 @@
 
 use super::BundleError;
 
-/// Universal and context tags used by CMS and X.509.
+/// Universal and context tags used by CMS.
 pub(crate) mod tag {
-    pub const BOOLEAN: u8 = 0x01;
     pub const INTEGER: u8 = 0x02;
     pub const OCTET_STRING: u8 = 0x04;
     pub const NULL: u8 = 0x05;
     pub const OID: u8 = 0x06;
-    pub const UTF8_STRING: u8 = 0x0c;
-    pub const PRINTABLE_STRING: u8 = 0x13;
-    pub const T61_STRING: u8 = 0x14;
-    pub const IA5_STRING: u8 = 0x16;
     pub const UTC_TIME: u8 = 0x17;
     pub const GENERALIZED_TIME: u8 = 0x18;
-    pub const BMP_STRING: u8 = 0x1e;
     pub const SEQUENCE: u8 = 0x30;
     pub const SET: u8 = 0x31;
     pub const CTX0: u8 = 0xa0;
     pub const CTX1: u8 = 0xa1;
-    pub const CTX3: u8 = 0xa3;
     /// `[0] IMPLICIT` on a primitive (SubjectKeyIdentifier in a SignerIdentifier).
     pub const CTX0_PRIM: u8 = 0x80;
 }

@@ -20,6 +20,8 @@ mod der;
 mod manifest;
 mod otpatch;
 mod rauc;
+#[doc(hidden)]
+pub mod shapes;
 mod squashfs;
 mod trust;
 mod x509;
@@ -167,10 +169,16 @@ pub enum BundleError {
     Revoked { signer: String },
     #[error("chain of {signer} is invalid: {reason}")]
     Chain { signer: String, reason: String },
+    #[error(
+        "certificate {subject}: its keyUsage does not permit {usage} (RFC 5280 4.2.1.3), so it cannot act as {role}"
+    )]
+    KeyUsageForbids { subject: String, usage: &'static str, role: &'static str },
     #[error("signer {signer} lacks extendedKeyUsage codeSigning")]
     NotCodeSigning { signer: String },
     #[error("signer CN {common_name:?} is not one of the allowed signers {allowed:?}")]
     SignerNotAllowed { common_name: String, allowed: Vec<String> },
+    #[error("signer {signer}: {reason}, so it cannot be compared with the allowed signers")]
+    SignerNameMalformed { signer: String, reason: String },
     #[error("manifest: {reason}")]
     Manifest { reason: String },
     #[error("payloads declared in the manifest total {declared} bytes, the bundle holds {actual}")]
@@ -193,6 +201,16 @@ pub enum BundleError {
     TrustAnchor { path: PathBuf, reason: String },
     #[error("CRL {path}: {reason}")]
     Crl { path: PathBuf, reason: String },
+    #[error(
+        "CRL {path} (issued by {issuer}) expired at {next_update} (now {now}): the plant must renew it \
+         (a new CRL from the issuing CA, e.g. openssl ca -gencrl) and install it; until then bundles are refused"
+    )]
+    CrlExpired { path: PathBuf, issuer: String, next_update: Timestamp, now: Timestamp },
+    #[error(
+        "CRL {path} is issued by {issuer}, which is neither a trust anchor nor a CA of the chain of {signer}; it \
+         cannot revoke anything there, so it is refused rather than ignored: configure the CRL of the vendor's CA"
+    )]
+    CrlIssuerNotInChain { path: PathBuf, issuer: String, signer: String },
     #[error("signing key {path}: {reason}")]
     Key { path: PathBuf, reason: String },
     #[error("squashfs at offset {offset}: {reason}")]
@@ -229,9 +247,10 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 
 fn compare_component(a: &str, b: &str) -> Ordering {
     let split = |s: &str| {
-        let n = s.bytes().take_while(u8::is_ascii_digit).count();
-        let digits = s[..n].trim_start_matches('0');
-        (digits.to_string(), s[n..].to_string())
+        // No byte offsets into the text: the version comes from an untrusted manifest.
+        let rest = s.trim_start_matches(|c: char| c.is_ascii_digit());
+        let digits = s.strip_suffix(rest).unwrap_or_default().trim_start_matches('0');
+        (digits.to_string(), rest.to_string())
     };
     let (an, ar) = split(a);
     let (bn, br) = split(b);
@@ -469,6 +488,8 @@ mod tests;
 pub mod fuzzing {
     pub use super::otpatch::parse_untrusted as otpatch_bundle;
     pub use super::rauc::{parse_manifest_untrusted as rauc_manifest, read_manifest_untrusted as squashfs_manifest};
+    /// The structure-aware generator: [`shapes::check`] decodes bytes into a DER shape and feeds every parser.
+    pub use super::shapes;
 
     /// The trailer decoder alone.
     pub fn trailer(bytes: &[u8]) -> bool {

@@ -14,6 +14,8 @@ fn versions_compare_component_by_component() {
         ("1.2.3", "1.2.10", Less),
         ("99999999999999999999999.1", "99999999999999999999998.9", Greater),
         ("2026.11.2", "2026.11.2", Equal),
+        ("1.é", "1.0é", Equal),
+        ("1.2é", "1.2ü", Less),
     ];
     for (a, b, want) in cases {
         assert_eq!(compare_versions(a, b), want, "{a} vs {b}");
@@ -97,4 +99,35 @@ fn expectations() {
     assert!(matches!(e(&|x| x.last_committed = Some("1.1".into())), BundleError::Downgrade { .. }));
     assert!(matches!(e(&|x| x.kernel_release = Some("6.2".into())), BundleError::KernelMismatch { .. }));
     assert!(matches!(e(&|x| x.now = "2099-01-01T00:00:00Z".parse().unwrap()), BundleError::ManifestExpired { .. }));
+}
+
+/// A UTCTime or GeneralizedTime of the right byte length whose text has a multi-byte UTF-8 character: refused at
+/// its offset, never a panic (slicing the text by byte offset used to cut the character in two).
+#[test]
+fn times_with_multibyte_text_are_refused_not_panicking() {
+    use super::der::{element, tag, Reader};
+    let cases: [(u8, &str); 6] = [
+        (tag::UTC_TIME, "2é010112000Z"),
+        (tag::UTC_TIME, "26é01120000Z"),
+        (tag::UTC_TIME, "260101120é0Z"),
+        (tag::GENERALIZED_TIME, "202é010112000Z"),
+        (tag::GENERALIZED_TIME, "2026é01120000Z"),
+        (tag::GENERALIZED_TIME, "2026010112000é"),
+    ];
+    for (t, text) in cases {
+        let expected = if t == tag::UTC_TIME { 13 } else { 15 };
+        assert_eq!(text.len(), expected, "{text:?} must have the length that passes the first check");
+        let der = element(t, text.as_bytes());
+        // As if seven bytes into a larger buffer, to see the offset named is the element's.
+        let tlv = super::der::Tlv { offset: 7, ..Reader::new(&der, "test").any().unwrap() };
+        let err = super::x509::parse_time(&tlv, "test").unwrap_err();
+        assert!(matches!(err, BundleError::Der { offset: 7, .. }), "{text:?}: {err}");
+    }
+    // A well-formed pair still parses.
+    let der = element(tag::UTC_TIME, b"260101120000Z");
+    let tlv = Reader::new(&der, "test").any().unwrap();
+    assert_eq!(super::x509::parse_time(&tlv, "test").unwrap().to_string(), "2026-01-01T12:00:00Z");
+    let der = element(tag::GENERALIZED_TIME, b"20500101120000Z");
+    let tlv = Reader::new(&der, "test").any().unwrap();
+    assert_eq!(super::x509::parse_time(&tlv, "test").unwrap().to_string(), "2050-01-01T12:00:00Z");
 }

@@ -7,7 +7,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, TrustAnchor};
 use webpki::{CertRevocationList, OwnedCertRevocationList};
 
-use super::x509::Cert;
+use jiff::Timestamp;
+use x509_parser::prelude::FromDer;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::x509::{render_name, Cert};
 use super::BundleError;
 
 /// Trust anchors (DER certificates), allowed signer names and an optional CRL.
@@ -17,6 +21,48 @@ pub struct TrustStore {
     pub(crate) anchor_certs: Vec<Cert>,
     pub(crate) allowed_signers: Vec<String>,
     pub(crate) crl: Option<CertRevocationList<'static>>,
+    pub(crate) crl_info: Option<CrlInfo>,
+}
+
+/// What the verifier checks about the CRL itself, beyond what webpki does with it.
+#[derive(Debug, Clone)]
+pub(crate) struct CrlInfo {
+    pub path: PathBuf,
+    /// DER Name of the issuer, compared with the CAs of a verified chain.
+    pub issuer_raw: Vec<u8>,
+    pub issuer: String,
+    pub next_update: Timestamp,
+}
+
+/// SHA-1 signatures are refused on CRLs as everywhere else.
+const SHA1_SIGNATURES: &[&str] = &["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"];
+
+/// Reads the CRL's issuer and nextUpdate; a CRL issued by one of the anchors must verify with its key now, one
+/// issued by an intermediate is checked against the chain of each bundle (see `cms::verify_signer`).
+fn crl_info(path: &Path, der: &[u8], anchors: &[Cert]) -> Result<CrlInfo, BundleError> {
+    let bad = |reason: String| BundleError::Crl { path: path.to_path_buf(), reason };
+    let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| bad(format!("not a CRL: {e}")))?;
+    if !rest.is_empty() {
+        return Err(bad("unexpected data after the CRL".into()));
+    }
+    let issuer = render_name(crl.issuer());
+    let next_update = crl.next_update().ok_or_else(|| {
+        bad(format!("the CRL of {issuer} has no nextUpdate, so whether it is current cannot be told"))
+    })?;
+    let next_update = Timestamp::from_second(next_update.timestamp())
+        .map_err(|_| bad(format!("nextUpdate {} is out of range", next_update.timestamp())))?;
+    let issuer_raw = crl.issuer().as_raw().to_vec();
+    if let Some(anchor) = anchors.iter().find(|a| a.subject_raw == issuer_raw) {
+        let alg = crl.signature_algorithm.algorithm.to_id_string();
+        if SHA1_SIGNATURES.contains(&alg.as_str()) {
+            return Err(bad(format!("signed with SHA-1 ({alg}), which is too weak and refused")));
+        }
+        let (_, x) = x509_parser::certificate::X509Certificate::from_der(&anchor.der)
+            .map_err(|e| bad(format!("anchor {}: {e}", anchor.subject)))?;
+        crl.verify_signature(x.public_key())
+            .map_err(|e| bad(format!("its signature does not verify with the key of the anchor {issuer}: {e}")))?;
+    }
+    Ok(CrlInfo { path: path.to_path_buf(), issuer_raw, issuer, next_update })
 }
 
 impl TrustStore {
@@ -54,11 +100,16 @@ impl TrustStore {
                 };
                 let owned = OwnedCertRevocationList::from_der(&der)
                     .map_err(|e| BundleError::Crl { path: path.to_path_buf(), reason: format!("{e:?}") })?;
-                Some(CertRevocationList::Owned(owned))
+                Some((CertRevocationList::Owned(owned), der, path))
             }
             None => None,
         };
-        Self::from_der(&ders, allowed_signers, crl, anchors.first().map(PathBuf::as_path))
+        let mut store = Self::from_der(&ders, allowed_signers, None, anchors.first().map(PathBuf::as_path))?;
+        if let Some((crl, der, path)) = crl {
+            store.crl_info = Some(crl_info(path, &der, &store.anchor_certs)?);
+            store.crl = Some(crl);
+        }
+        Ok(store)
     }
 
     /// From DER certificates already in memory (the daemon may keep them in its policy).
@@ -90,7 +141,7 @@ impl TrustStore {
                 reason: "no trust anchor given".into(),
             });
         }
-        Ok(TrustStore { anchors, anchor_certs, allowed_signers: allowed_signers.to_vec(), crl })
+        Ok(TrustStore { anchors, anchor_certs, allowed_signers: allowed_signers.to_vec(), crl, crl_info: None })
     }
 
     /// Subjects of the anchors, for `inspect`.
