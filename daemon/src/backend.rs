@@ -144,8 +144,10 @@ pub trait Patcher: Send + Sync {
     /// Applies for the window `window` (its id; "boot" when a committed change is put back at start); returns
     /// once the change is fully in place (e.g. the livepatch transition finished) or installed for a reboot.
     async fn apply(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied>;
-    /// Takes the change out. A no-op when it is not in place.
-    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
+    /// Takes the change out, and puts back `restore`, the change committed before it (if any), so a rollback
+    /// leaves the gateway as patched as the last committed window left it. A no-op for what is not in place.
+    /// An error when the committed change cannot be put back: the rollback then failed.
+    async fn revert(&self, bundle: &VerifiedBundle, restore: Option<&VerifiedBundle>) -> BackendResult<()>;
     /// Makes a change that passed observation permanent (re-applied at boot, slot marked good).
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()>;
     /// Whether the change is in place now (so a committed change is re-applied at boot only when it is not).

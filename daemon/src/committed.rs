@@ -24,6 +24,23 @@ pub struct CommittedBundle {
     pub committed_at: Timestamp,
 }
 
+impl CommittedBundle {
+    /// The engine's view of this committed bundle, to put back (at boot, or when a later window is rolled back).
+    /// It is re-verified as of when it was committed: integrity, not today's expiry (see
+    /// [`VerifiedBundle::verified_at`]).
+    pub fn to_verified(&self, compatible: &str) -> VerifiedBundle {
+        VerifiedBundle {
+            path: self.path.clone(),
+            kind: self.kind,
+            compatible: compatible.to_string(),
+            version: self.version.clone(),
+            digest: self.digest.clone(),
+            signer: self.signer.clone(),
+            verified_at: Some(self.committed_at),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     /// By `compatible`.
@@ -92,6 +109,7 @@ mod tests {
             version: v.into(),
             digest: format!("d-{v}"),
             signer: "CN=vendor".into(),
+            verified_at: None,
         }
     }
 

@@ -75,6 +75,12 @@ pub struct VerifiedBundle {
     /// SHA-256 of the signed manifest: identifies the bundle.
     pub digest: String,
     pub signer: String,
+    /// For a bundle this gateway committed earlier: when it was accepted. Its file is re-verified at that time
+    /// (its integrity: same signed manifest, same payload hashes, a signature that chained then), never against
+    /// today's clock, so an expiry or a signer's notAfter that passed since never un-patches the gateway. `None`
+    /// for the window's own bundle, re-verified now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<jiff::Timestamp>,
 }
 
 /// Checkpoint images of the critical processes (none when the policy names no process).

@@ -151,7 +151,7 @@ fn livepatcher(settings: &Settings, root: &Sysroot, verifier: Arc<BundleVerifier
     let dir = root.state_dir().join("livepatch");
     let module_for: ModuleSource = Arc::new(move |b| {
         // Verified again right before loading: the file on disk is the one that was signed.
-        let v = verifier.verify_path(&b.path, true)?;
+        let v = verifier.verify_path_at(&b.path, true, b.verified_at)?;
         if v.digest != b.digest {
             return Err(BackendError::new(format!("{} changed since it was verified", b.path.display())));
         }

@@ -386,6 +386,25 @@ impl Orchestrator {
         self.publish();
     }
 
+    /// The livepatch committed before `bundle` for its compatible, which a rollback of `bundle` puts back. An error
+    /// when `committed.json` cannot be read: a rollback must then say it may not have restored the committed fix.
+    fn committed_before(
+        &self,
+        bundle: &crate::engine::VerifiedBundle,
+    ) -> Result<Option<crate::engine::VerifiedBundle>, String> {
+        if bundle.kind != PatchKind::Livepatch {
+            return Ok(None);
+        }
+        let path = self.store_path.with_file_name("committed.json");
+        let committed = crate::committed::Committed::load(&path)
+            .map_err(|e| format!("cannot tell which livepatch was committed before, to put it back: {e}"))?;
+        Ok(committed
+            .bundles
+            .get(&bundle.compatible)
+            .filter(|c| c.kind == PatchKind::Livepatch && c.digest != bundle.digest)
+            .map(|c| c.to_verified(&bundle.compatible)))
+    }
+
     /// At start, before the daemon reports READY: every livepatch a window committed is put back if the kernel
     /// does not have it (after a reboot), from its bundle, verified again. A committed change is never applied a
     /// second time while it is in place.
@@ -403,14 +422,7 @@ impl Orchestrator {
             if c.kind != PatchKind::Livepatch {
                 continue;
             }
-            let bundle = crate::engine::VerifiedBundle {
-                path: c.path.clone(),
-                kind: c.kind,
-                compatible: compatible.clone(),
-                version: c.version.clone(),
-                digest: c.digest.clone(),
-                signer: c.signer.clone(),
-            };
+            let bundle = c.to_verified(&compatible);
             let patcher = self.backends.livepatcher.clone();
             let result = match patcher.is_applied(&bundle).await {
                 Ok(true) => continue,
@@ -906,17 +918,25 @@ impl Orchestrator {
                     }
                 })
             }
-            Action::Rollback { bundle, checkpoint } => Box::pin(async move {
-                let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
-                progress(-1, format!("rolling back {}", bundle.version));
-                if let Err(e) = patcher.revert(&bundle).await {
-                    return Event::RollbackFailed { error: format!("revert {}: {e}", bundle.version) };
-                }
-                if let Err(e) = b.checkpointer.restore(&checkpoint).await {
-                    return Event::RollbackFailed { error: format!("restore {}: {e}", checkpoint.id) };
-                }
-                Event::RolledBack
-            }),
+            Action::Rollback { bundle, checkpoint } => {
+                let restore = self.committed_before(&bundle);
+                Box::pin(async move {
+                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    progress(-1, format!("rolling back {}", bundle.version));
+                    let restore_ref = restore.as_ref().ok().and_then(Option::as_ref);
+                    if let Err(e) = patcher.revert(&bundle, restore_ref).await {
+                        return Event::RollbackFailed { error: format!("revert {}: {e}", bundle.version) };
+                    }
+                    if let Err(e) = restore {
+                        // Reverted, but what was committed before is unknown: the gateway may be less patched.
+                        return Event::RollbackFailed { error: format!("revert {}: {e}", bundle.version) };
+                    }
+                    if let Err(e) = b.checkpointer.restore(&checkpoint).await {
+                        return Event::RollbackFailed { error: format!("restore {}: {e}", checkpoint.id) };
+                    }
+                    Event::RolledBack
+                })
+            }
             Action::Lift => {
                 // Paced retries: 0 s, then 1, 2, 4 ... up to 30 s between attempts.
                 let delay = match self.lift_failures {

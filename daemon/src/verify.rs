@@ -83,12 +83,18 @@ impl BundleVerifier {
 
     /// Full verification of a bundle file; `again` re-verifies one already accepted (same version allowed).
     pub fn verify_path(&self, path: &Path, again: bool) -> BackendResult<bundle::Verified> {
+        self.verify_path_at(path, again, None)
+    }
+
+    /// [`Self::verify_path`] as of `at` (a bundle committed then: its integrity is checked, its signature as it
+    /// chained then, so a manifest expiry or a signer's notAfter since then does not refuse it), or now.
+    pub fn verify_path_at(&self, path: &Path, again: bool, at: Option<Timestamp>) -> BackendResult<bundle::Verified> {
         let committed = Committed::load(&self.committed_path()).map_err(BackendError)?;
         let exp = Expectations {
             compatible: self.compatible.clone(),
             last_committed: committed.version_for(&self.compatible).map(str::to_string),
             allow_downgrade: self.allow_downgrade || again,
-            now: self.now(&committed),
+            now: at.unwrap_or_else(|| self.now(&committed)),
             kernel_release: self.kernel_release(),
         };
         bundle::verify(path, self.trust()?, &exp).map_err(|e| match e {
@@ -193,6 +199,7 @@ pub fn to_engine(v: &bundle::Verified, path: &Path) -> VerifiedBundle {
         version: v.version.clone(),
         digest: v.digest.clone(),
         signer: v.signer.clone(),
+        verified_at: None,
     }
 }
 
@@ -359,6 +366,33 @@ mod tests {
         )
         .unwrap();
         out
+    }
+
+    /// A committed bundle is put back (at boot, or by a rollback of a later window) when its manifest expiry and
+    /// its signer's notAfter have passed: it is re-verified as of its commit, not against today's clock.
+    #[tokio::test]
+    async fn a_committed_bundle_is_re_verified_as_of_its_commit() {
+        let s = setup(false);
+        let path = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
+        let committed_at = Timestamp::now();
+        s.verifier.verify_path(&path, false).unwrap();
+        // 200 days later: past the manifest's default expiry (180 days) and the signer's 3-day certificate.
+        let later = committed_at + jiff::SignedDuration::from_hours(200 * 24);
+        let text =
+            "[gateway]\nid = \"gw\"\ncompatible = \"acme-gw\"\n[trust]\nanchors = [\"/etc/otpatch/trust/ca.pem\"]\n";
+        let settings = parse_sources(&[("p.toml".into(), text.into())], &LoadOptions::default()).unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(later));
+        let months_later = BundleVerifier::new(&settings, &Sysroot::new(s.dir.path()), clock);
+        let e = months_later.verify_path(&path, true).unwrap_err();
+        assert!(e.0.contains("expire") || e.0.contains("valid"), "a new verification keeps every check: {e}");
+        let v = months_later.verify_path_at(&path, true, Some(committed_at)).unwrap();
+        assert_eq!(v.version, "1.0.0");
+        // Integrity still counts: a changed file is refused whatever the time.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len() / 3;
+        bytes[n] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(months_later.verify_path_at(&path, true, Some(committed_at)).is_err());
     }
 
     #[tokio::test]

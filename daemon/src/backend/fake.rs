@@ -298,6 +298,7 @@ impl Verifier for FakeWorld {
             version: self.script.version.clone(),
             digest: format!("fake-digest-{}", self.script.version),
             signer: "CN=otpatch demo signer".into(),
+            verified_at: None,
         })
     }
 }
@@ -429,10 +430,18 @@ impl Patcher for FakePatcher {
         Ok(self.world.snapshot().booted_slot)
     }
 
-    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+    async fn revert(&self, bundle: &VerifiedBundle, restore: Option<&VerifiedBundle>) -> BackendResult<()> {
         self.world.step("rollback").await?;
         let v = bundle.version.clone();
         self.world.record(format!("{}.revert {}", self.name, bundle.version), |w| w.applied.retain(|a| a != &v));
+        if let Some(prev) = restore.filter(|p| p.version != bundle.version) {
+            let p = prev.version.clone();
+            self.world.record(format!("{}.restore {}", self.name, prev.version), |w| {
+                if !w.applied.contains(&p) {
+                    w.applied.push(p)
+                }
+            });
+        }
         Ok(())
     }
 

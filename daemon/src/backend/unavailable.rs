@@ -70,7 +70,7 @@ impl Patcher for Unavailable {
     async fn apply(&self, _: &str, _: &VerifiedBundle, _: ProgressFn) -> BackendResult<Applied> {
         Err(self.err())
     }
-    async fn revert(&self, _: &VerifiedBundle) -> BackendResult<()> {
+    async fn revert(&self, _: &VerifiedBundle, _: Option<&VerifiedBundle>) -> BackendResult<()> {
         // Nothing of ours can be in place.
         Ok(())
     }

@@ -10,6 +10,19 @@
 //! Cumulative (`.replace = true`) patches replace the ones before them; what is applied is always read from
 //! the kernel ([`applied`]).
 //!
+//! A gateway lives through many windows, so the committed patch is never lost on the way:
+//! - after a cumulative patch replaced the one before (whose sysfs directory goes, while its module stays loaded),
+//!   the replaced module is unloaded, so it can be loaded again later (a second `finit_module` of a loaded module
+//!   fails with EEXIST) and replaced modules do not pile up;
+//! - a revert is told what was committed before ([`Patcher::revert`]'s `restore`): it loads that module again
+//!   first (a cumulative patch replaces the reverted one in one transition, with no moment unpatched), then
+//!   unloads the reverted module; when that cannot be done the revert fails, so the window ends
+//!   `RollbackFailed`, never "rolled back" without the committed fix;
+//! - modules are known by name *and* srcversion (`/sys/module/<name>/srcversion`): another build of the same name
+//!   is neither "already applied" nor unloaded by a revert;
+//! - a revert first waits for a `finit_module` still running in a blocking task whose apply was dropped (a
+//!   deadline or cancel), so a module never finishes loading after "rolled back".
+//!
 //! Every path goes through the [`Sysroot`], and the two system calls through [`Kernel`], so the logic runs in
 //! tests against a fake sysfs tree whose fake kernel plays the transitions.
 
@@ -164,6 +177,22 @@ pub struct SysfsLivepatcher {
     kernel: Arc<dyn Kernel>,
     config: LivepatchConfig,
     module_for: ModuleSource,
+    /// `finit_module` calls started and not finished (they outlive a dropped apply future).
+    loads_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How long a revert waits for a load still running in the kernel.
+const LOAD_SETTLE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Whether the kernel's module named like `info` is this very build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Not loaded.
+    Absent,
+    /// Loaded, and the srcversion matches (or neither side has one to compare).
+    Ours,
+    /// Loaded, but another build of the same name.
+    Other,
 }
 
 impl std::fmt::Debug for SysfsLivepatcher {
@@ -177,7 +206,143 @@ impl std::fmt::Debug for SysfsLivepatcher {
 
 impl SysfsLivepatcher {
     pub fn new(root: Sysroot, kernel: Arc<dyn Kernel>, config: LivepatchConfig, module_for: ModuleSource) -> Self {
-        SysfsLivepatcher { root, kernel, config, module_for }
+        SysfsLivepatcher { root, kernel, config, module_for, loads_in_flight: Arc::default() }
+    }
+
+    /// Whether the module `info` names is loaded, and whether it is this build.
+    fn identity(&self, info: &ModInfo) -> Identity {
+        let module = self.root.path("/sys/module").join(&info.name);
+        if !module.exists() && !self.patch_dir(&info.name).exists() {
+            return Identity::Absent;
+        }
+        let loaded = std::fs::read_to_string(module.join("srcversion")).ok().map(|s| s.trim().to_string());
+        match (&info.srcversion, loaded) {
+            (Some(want), Some(have)) if *want != have => Identity::Other,
+            _ => Identity::Ours,
+        }
+    }
+
+    fn loaded_srcversion(&self, name: &str) -> String {
+        std::fs::read_to_string(self.root.path("/sys/module").join(name).join("srcversion"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// Waits (bounded) until no `finit_module` of ours is running any more.
+    async fn loads_settled(&self) -> BackendResult<()> {
+        let n = self.loads_in_flight.clone();
+        if self.wait(LOAD_SETTLE_LIMIT, || n.load(std::sync::atomic::Ordering::SeqCst) == 0).await {
+            Ok(())
+        } else {
+            Err(BackendError::new(format!("a livepatch module load did not finish within {LOAD_SETTLE_LIMIT:?}")))
+        }
+    }
+
+    /// `finit_module`, counted while it runs (the count is dropped by the blocking task itself).
+    async fn load(&self, ko: &Path, name: &str) -> BackendResult<()> {
+        let kernel = self.kernel.clone();
+        let path = ko.to_path_buf();
+        let count = self.loads_in_flight.clone();
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let task = tokio::task::spawn_blocking(move || {
+            let r = kernel.load(&path);
+            count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            r
+        });
+        task.await
+            .map_err(|e| BackendError::new(format!("loading {name}: {e}")))?
+            .map_err(|e| BackendError::new(format!("the kernel refused livepatch module {name}: {e}")))
+    }
+
+    /// Loads a checked module and waits for its transition (forcing it only when the policy allows); a patch that
+    /// does not settle is taken back out. Modules of patches it replaced are unloaded.
+    async fn load_and_settle(&self, ko: &Path, name: &str, version: &str, progress: &ProgressFn) -> BackendResult<()> {
+        let before: Vec<String> = applied(&self.root).into_iter().map(|p| p.name).filter(|n| n != name).collect();
+        progress(-1, format!("loading livepatch {name} ({version})"));
+        self.load(ko, name).await?;
+        let dir = self.patch_dir(name);
+        if !self.wait(Duration::from_secs(5), || dir.exists()).await {
+            let _ = self.disable_and_unload(name).await;
+            return Err(BackendError::new(format!(
+                "module {name} loaded but no /sys/kernel/livepatch/{name} appeared"
+            )));
+        }
+        progress(-1, format!("livepatch {name}: waiting for the transition"));
+        let transition = dir.join("transition");
+        let limit = self.config.transition_timeout;
+        let mut settled = self.wait(limit, || !read_flag(&transition)).await;
+        let stuck = if settled { Vec::new() } else { self.stragglers(1) };
+        let who = if stuck.is_empty() { "none reported".to_string() } else { stuck.join(", ") };
+        if !settled && self.config.allow_force {
+            tracing::warn!(patch = %name, tasks = %who, "transition stalled; forcing it (allowed by the policy)");
+            std::fs::write(dir.join("force"), "1").map_err(|e| BackendError::new(format!("forcing {name}: {e}")))?;
+            settled = self.wait(limit, || !read_flag(&transition)).await;
+        }
+        if settled {
+            self.unload_replaced(&before).await;
+            return Ok(());
+        }
+        // Take it back out before reporting: a half-transitioned patch must not stay.
+        let revert = self.disable_and_unload(name).await;
+        let mut msg = format!("livepatch {name} did not finish its transition within {limit:?}; tasks still in the old code: {who}; reverted");
+        if let Err(e) = revert {
+            msg.push_str(&format!(" (revert failed: {e})"));
+        }
+        Err(BackendError(msg))
+    }
+
+    /// Unloads the modules of patches an atomic replace released (their sysfs directory went, the module stays).
+    async fn unload_replaced(&self, before: &[String]) {
+        for name in before.iter().filter(|n| !self.patch_dir(n).exists()) {
+            match self.unload(name).await {
+                Ok(()) => tracing::info!(module = %name, "unloaded the module of a replaced livepatch"),
+                Err(e) => tracing::warn!(module = %name, error = %e, "could not unload a replaced livepatch module"),
+            }
+        }
+    }
+
+    /// `delete_module`; a module that is not loaded is no error.
+    async fn unload(&self, name: &str) -> BackendResult<()> {
+        let kernel = self.kernel.clone();
+        let n = name.to_string();
+        match tokio::task::spawn_blocking(move || kernel.unload(&n)).await {
+            Ok(Ok(())) => Ok(()),
+            // Not loaded (any more): the goal is reached.
+            Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+            Ok(Err(e)) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
+            Err(e) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
+        }
+    }
+
+    /// The checked module of a bundle.
+    fn module(&self, bundle: &VerifiedBundle) -> BackendResult<(PathBuf, ModInfo)> {
+        let module = (self.module_for)(bundle)?;
+        let info = self.check(&module.path, module.pinned_build_id.as_deref())?;
+        Ok((module.path, info))
+    }
+
+    /// Puts the committed `prev` back in place (unless it is), then takes out `current` if it is still there.
+    async fn restore(&self, current: Option<&ModInfo>, prev: &VerifiedBundle) -> BackendResult<()> {
+        let (ko, info) = self.module(prev)?;
+        let prev_in_place = applied(&self.root).iter().any(|p| p.name == info.name && p.enabled && !p.in_transition)
+            && self.identity(&info) == Identity::Ours;
+        let same_name = current.is_some_and(|c| c.name == info.name);
+        if same_name {
+            // One name, two builds: the reverted one must go before the committed one can be loaded.
+            if let Some(c) = current {
+                self.disable_and_unload(&c.name).await?;
+            }
+        }
+        if !prev_in_place || same_name {
+            let progress: ProgressFn = Arc::new(|_, _| {});
+            self.load_and_settle(&ko, &info.name, &prev.version, &progress).await?;
+        }
+        // A cumulative patch replaced `current` (its module was unloaded with the replaced ones); one that stacked
+        // on top leaves it to be disabled.
+        if let Some(c) = current.filter(|c| c.name != info.name && self.identity(c) == Identity::Ours) {
+            self.disable_and_unload(&c.name).await?;
+        }
+        Ok(())
     }
 
     fn patch_dir(&self, name: &str) -> PathBuf {
@@ -244,77 +409,61 @@ impl SysfsLivepatcher {
                 )));
             }
         }
-        let kernel = self.kernel.clone();
-        let n = name.to_string();
-        match tokio::task::spawn_blocking(move || kernel.unload(&n)).await {
-            Ok(Ok(())) => Ok(()),
-            // Not loaded (any more): the goal is reached.
-            Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
-            Ok(Err(e)) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
-            Err(e) => Err(BackendError::new(format!("unloading livepatch module {name}: {e}"))),
-        }
+        self.unload(name).await
     }
 }
 
 #[async_trait]
 impl Patcher for SysfsLivepatcher {
     async fn apply(&self, _window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
-        let module = (self.module_for)(bundle)?;
-        let ko = module.path;
-        let info = self.check(&ko, module.pinned_build_id.as_deref())?;
+        let (ko, info) = self.module(bundle)?;
         let name = info.name.clone();
-        if applied(&self.root).iter().any(|p| p.name == name && p.enabled && !p.in_transition) {
-            // Already in (a restart after the load, or a re-apply that raced a window): nothing to do.
-            return Ok(Applied::InPlace);
-        }
-        progress(-1, format!("loading livepatch {name} ({})", bundle.version));
-        let kernel = self.kernel.clone();
-        let path = ko.clone();
-        tokio::task::spawn_blocking(move || kernel.load(&path))
-            .await
-            .map_err(|e| BackendError::new(format!("loading {name}: {e}")))?
-            .map_err(|e| BackendError::new(format!("the kernel refused livepatch module {name}: {e}")))?;
-        let dir = self.patch_dir(&name);
-        if !self.wait(Duration::from_secs(5), || dir.exists()).await {
-            let _ = self.disable_and_unload(&name).await;
-            return Err(BackendError::new(format!(
-                "module {name} loaded but no /sys/kernel/livepatch/{name} appeared"
-            )));
-        }
-        progress(-1, format!("livepatch {name}: waiting for the transition"));
-        let transition = dir.join("transition");
-        let limit = self.config.transition_timeout;
-        if self.wait(limit, || !read_flag(&transition)).await {
-            return Ok(Applied::InPlace);
-        }
-        let stuck = self.stragglers(1);
-        let who = if stuck.is_empty() { "none reported".to_string() } else { stuck.join(", ") };
-        if self.config.allow_force {
-            tracing::warn!(patch = %name, tasks = %who, "transition stalled; forcing it (allowed by the policy)");
-            std::fs::write(dir.join("force"), "1").map_err(|e| BackendError::new(format!("forcing {name}: {e}")))?;
-            if self.wait(limit, || !read_flag(&transition)).await {
+        match self.identity(&info) {
+            Identity::Ours if applied(&self.root).iter().any(|p| p.name == name && p.enabled && !p.in_transition) => {
+                // Already in (a restart after the load, or a re-apply that raced a window): nothing to do.
                 return Ok(Applied::InPlace);
             }
+            Identity::Other => {
+                return Err(BackendError::new(format!(
+                    "another build of livepatch module {name} is loaded (srcversion {}, the bundle's is {}); \
+                     refusing to take it for {} or to replace it",
+                    self.loaded_srcversion(&name),
+                    info.srcversion.as_deref().unwrap_or("unknown"),
+                    bundle.version
+                )));
+            }
+            _ => {}
         }
-        // Take it back out before reporting: a half-transitioned patch must not stay.
-        let revert = self.disable_and_unload(&name).await;
-        let mut msg = format!("livepatch {name} did not finish its transition within {limit:?}; tasks still in the old code: {who}; reverted");
-        if let Err(e) = revert {
-            msg.push_str(&format!(" (revert failed: {e})"));
-        }
-        Err(BackendError(msg))
+        self.load_and_settle(&ko, &name, &bundle.version, &progress).await?;
+        Ok(Applied::InPlace)
     }
 
-    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+    async fn revert(&self, bundle: &VerifiedBundle, restore: Option<&VerifiedBundle>) -> BackendResult<()> {
+        // A load whose apply was dropped may still be running: decide only once it finished.
+        self.loads_settled().await?;
         let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
-        self.disable_and_unload(&info.name).await
+        let ours = self.identity(&info) == Identity::Ours;
+        if !ours && self.identity(&info) == Identity::Other {
+            tracing::warn!(module = %info.name, "another build of the module is loaded; the revert leaves it alone");
+        }
+        match restore.filter(|prev| prev.digest != bundle.digest) {
+            Some(prev) => self.restore(ours.then_some(&info), prev).await.map_err(|e| {
+                BackendError::new(format!(
+                    "{} could not be reverted to the committed {}: {e}",
+                    bundle.version, prev.version
+                ))
+            }),
+            None if ours => self.disable_and_unload(&info.name).await,
+            None => Ok(()),
+        }
     }
 
     async fn is_applied(&self, bundle: &VerifiedBundle) -> BackendResult<bool> {
         let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
-        Ok(applied(&self.root).iter().any(|p| p.name == info.name && p.enabled))
+        Ok(self.identity(&info) == Identity::Ours
+            && applied(&self.root).iter().any(|p| p.name == info.name && p.enabled))
     }
 
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
@@ -323,8 +472,10 @@ impl Patcher for SysfsLivepatcher {
         let ko = (self.module_for)(bundle)?.path;
         let info = ModInfo::read(&ko).map_err(|e| BackendError::new(format!("{}: {e}", ko.display())))?;
         match applied(&self.root).into_iter().find(|p| p.name == info.name) {
-            Some(p) if p.enabled && !p.in_transition => Ok(()),
-            Some(p) => Err(BackendError::new(format!("livepatch {} is not settled: {p:?}", info.name))),
+            Some(p) if p.enabled && !p.in_transition && self.identity(&info) == Identity::Ours => Ok(()),
+            Some(p) => {
+                Err(BackendError::new(format!("livepatch {} is not settled or not this build: {p:?}", info.name)))
+            }
             None => Err(BackendError::new(format!("livepatch {} is no longer applied", info.name))),
         }
     }

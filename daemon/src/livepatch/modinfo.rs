@@ -11,6 +11,9 @@ pub struct ModInfo {
     pub livepatch: bool,
     pub vermagic: Option<String>,
     pub depends: Vec<String>,
+    /// The checksum of the module's sources (modpost): with the name, what tells two builds apart in the
+    /// running kernel (`/sys/module/<name>/srcversion`).
+    pub srcversion: Option<String>,
 }
 
 impl ModInfo {
@@ -33,6 +36,7 @@ impl ModInfo {
                 "name" => info.name = v.to_string(),
                 "livepatch" => info.livepatch = v == "Y",
                 "vermagic" => info.vermagic = Some(v.to_string()),
+                "srcversion" => info.srcversion = Some(v.to_string()),
                 "depends" => info.depends = v.split(',').filter(|d| !d.is_empty()).map(str::to_string).collect(),
                 _ => {}
             }
@@ -123,7 +127,7 @@ mod tests {
     const VERMAGIC: &str = "6.1.0-28-amd64 SMP preempt mod_unload modversions ";
 
     fn info(livepatch: bool, vermagic: &str) -> ModInfo {
-        ModInfo { name: "otp_lp".into(), livepatch, vermagic: Some(vermagic.into()), depends: vec![] }
+        ModInfo { name: "otp_lp".into(), livepatch, vermagic: Some(vermagic.into()), depends: vec![], srcversion: None }
     }
 
     #[test]

@@ -13,16 +13,26 @@ const RELEASE: &str = "6.1.0-28-amd64";
 const FLAGS: &str = "SMP preempt mod_unload modversions ";
 
 fn make_ko(dir: &Path, name: &str, release: &str, livepatch: bool) -> PathBuf {
-    let c = dir.join(format!("{name}.c"));
+    make_ko_version(dir, name, release, livepatch, "")
+}
+
+/// A module file with a `srcversion` (empty: none), saved as `<name>-<srcversion>.ko`.
+fn make_ko_version(dir: &Path, name: &str, release: &str, livepatch: bool, srcversion: &str) -> PathBuf {
+    let c = dir.join(format!("{name}-{srcversion}.c"));
     let lp = if livepatch { "livepatch=Y\\0" } else { "" };
+    let src = if srcversion.is_empty() { String::new() } else { format!("srcversion={srcversion}\\0") };
     std::fs::write(
         &c,
         format!(
-            "const char modinfo[] __attribute__((section(\".modinfo\"), used)) = \"name={name}\\0{lp}vermagic={release} {FLAGS}\";\n"
+            "const char modinfo[] __attribute__((section(\".modinfo\"), used)) = \"name={name}\\0{lp}{src}vermagic={release} {FLAGS}\";\n"
         ),
     )
     .unwrap();
-    let ko = dir.join(format!("{name}.ko"));
+    let ko = if srcversion.is_empty() {
+        dir.join(format!("{name}.ko"))
+    } else {
+        dir.join(format!("{name}-{srcversion}.ko"))
+    };
     assert!(std::process::Command::new("cc").arg("-c").arg(&c).arg("-o").arg(&ko).status().unwrap().success());
     ko
 }
@@ -42,6 +52,10 @@ struct FakeKernel {
     mode: Mode,
     calls: Mutex<Vec<String>>,
     stop: Arc<AtomicBool>,
+    /// Modules loaded (a replaced patch's module stays loaded after its sysfs directory went, until unloaded).
+    loaded: Mutex<std::collections::BTreeSet<String>>,
+    /// How long finit_module takes.
+    load_delay: Mutex<Duration>,
 }
 
 impl FakeKernel {
@@ -49,7 +63,14 @@ impl FakeKernel {
         let lp = root.join("sys/kernel/livepatch");
         std::fs::create_dir_all(&lp).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let k = Arc::new(FakeKernel { root: root.to_path_buf(), mode, calls: Mutex::new(vec![]), stop: stop.clone() });
+        let k = Arc::new(FakeKernel {
+            root: root.to_path_buf(),
+            mode,
+            calls: Mutex::new(vec![]),
+            stop: stop.clone(),
+            loaded: Mutex::new(Default::default()),
+            load_delay: Mutex::new(Duration::ZERO),
+        });
         std::thread::spawn(move || {
             // Bounded: at most 60 s of 5 ms ticks, or until the test ends.
             for _ in 0..12_000 {
@@ -63,6 +84,12 @@ impl FakeKernel {
                         let _ = std::fs::remove_dir_all(&d);
                     } else if read("force") == "1" || (mode == Mode::Normal && read("transition") == "1") {
                         let _ = std::fs::write(d.join("transition"), "0");
+                        // Atomic replace (every patch here sets .replace): the others' patches are released.
+                        for other in std::fs::read_dir(&lp).unwrap().filter_map(Result::ok) {
+                            if other.path() != d {
+                                let _ = std::fs::remove_dir_all(other.path());
+                            }
+                        }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -86,8 +113,17 @@ impl Kernel for FakeKernel {
     fn load(&self, ko: &Path) -> std::io::Result<()> {
         let info = ModInfo::read(ko).map_err(std::io::Error::other)?;
         self.calls.lock().unwrap().push(format!("load {}", info.name));
+        std::thread::sleep(*self.load_delay.lock().unwrap());
         if self.mode == Mode::Refuse {
             return Err(std::io::Error::from_raw_os_error(nix::libc::EPERM));
+        }
+        if !self.loaded.lock().unwrap().insert(info.name.clone()) {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::EEXIST));
+        }
+        let m = self.root.join("sys/module").join(&info.name);
+        std::fs::create_dir_all(&m)?;
+        if let Some(v) = &info.srcversion {
+            std::fs::write(m.join("srcversion"), format!("{v}\n"))?;
         }
         let d = self.root.join("sys/kernel/livepatch").join(&info.name);
         std::fs::create_dir_all(&d)?;
@@ -102,6 +138,10 @@ impl Kernel for FakeKernel {
             // The kernel refuses to unload a patch that is still enabled.
             return Err(std::io::Error::from_raw_os_error(nix::libc::EBUSY));
         }
+        if !self.loaded.lock().unwrap().remove(name) {
+            return Err(std::io::Error::from_raw_os_error(nix::libc::ENOENT));
+        }
+        let _ = std::fs::remove_dir_all(self.root.join("sys/module").join(name));
         Ok(())
     }
 }
@@ -135,6 +175,7 @@ fn bundle() -> VerifiedBundle {
         version: "1.0".into(),
         digest: "d".into(),
         signer: "CN=vendor".into(),
+        verified_at: None,
     }
 }
 
@@ -169,11 +210,11 @@ async fn applies_commits_and_reverts() {
     // Applying what is already in is a no-op, not a second load.
     lp.apply("w1", &bundle(), progress()).await.unwrap();
     lp.commit(&bundle()).await.unwrap();
-    lp.revert(&bundle()).await.unwrap();
+    lp.revert(&bundle(), None).await.unwrap();
     assert!(applied(&s.root).is_empty());
     assert_eq!(k.calls(), vec!["load otp_lp", "unload otp_lp"]);
     // Reverting again: nothing in place, still fine (rollback is idempotent).
-    lp.revert(&bundle()).await.unwrap();
+    lp.revert(&bundle(), None).await.unwrap();
     let e = lp.commit(&bundle()).await.unwrap_err();
     assert!(e.0.contains("no longer applied"), "{e}");
 }
@@ -246,4 +287,96 @@ async fn a_kernel_refusal_is_reported() {
     let k = FakeKernel::new(s.root.root(), Mode::Refuse);
     let e = livepatcher(&s, k, false, s.ko.clone()).apply("w1", &bundle(), progress()).await.unwrap_err();
     assert!(e.0.contains("the kernel refused livepatch module otp_lp"), "{e}");
+}
+
+/// A bundle per version, and a livepatcher whose module source maps each version to its own module file.
+fn versioned(version: &str) -> VerifiedBundle {
+    VerifiedBundle { version: version.into(), digest: format!("d-{version}"), ..bundle() }
+}
+
+fn livepatcher_for(s: &Setup, kernel: Arc<FakeKernel>, modules: Vec<(&str, PathBuf)>) -> SysfsLivepatcher {
+    let config = LivepatchConfig {
+        transition_timeout: Duration::from_millis(400),
+        allow_force: false,
+        poll: Duration::from_millis(10),
+        pinned_build_id: None,
+    };
+    let modules: Vec<(String, PathBuf)> = modules.into_iter().map(|(v, p)| (v.to_string(), p)).collect();
+    SysfsLivepatcher::new(
+        s.root.clone(),
+        kernel,
+        config,
+        Arc::new(move |b: &VerifiedBundle| {
+            let path = modules.iter().find(|(v, _)| *v == b.version).map(|(_, p)| p.clone());
+            path.map(|path| ModuleFile { path, pinned_build_id: None })
+                .ok_or_else(|| BackendError::new(format!("no module for {}", b.version)))
+        }),
+    )
+}
+
+#[tokio::test]
+async fn rolling_back_a_cumulative_patch_puts_the_committed_one_back() {
+    let s = setup();
+    let build = s.root.path("/build");
+    let v2 = make_ko_version(&build, "otp_lp_v2", RELEASE, true, "B2");
+    let k = FakeKernel::new(s.root.root(), Mode::Normal);
+    let lp = livepatcher_for(&s, k.clone(), vec![("1.0", s.ko.clone()), ("2.0", v2)]);
+    lp.apply("w1", &versioned("1.0"), progress()).await.unwrap();
+    lp.commit(&versioned("1.0")).await.unwrap();
+    lp.apply("w2", &versioned("2.0"), progress()).await.unwrap();
+    assert_eq!(applied(&s.root).iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), vec!["otp_lp_v2"]);
+    assert!(k.calls().contains(&"unload otp_lp".to_string()), "the replaced module is unloaded: {:?}", k.calls());
+    lp.revert(&versioned("2.0"), Some(&versioned("1.0"))).await.unwrap();
+    assert_eq!(
+        applied(&s.root),
+        vec![AppliedPatch { name: "otp_lp".into(), enabled: true, in_transition: false }],
+        "the committed v1 is in place again"
+    );
+    assert!(lp.is_applied(&versioned("1.0")).await.unwrap());
+    assert!(!k.loaded.lock().unwrap().contains("otp_lp_v2"), "v2's module is gone: {:?}", k.calls());
+}
+
+#[tokio::test]
+async fn a_rollback_that_cannot_restore_the_committed_patch_fails() {
+    let s = setup();
+    let build = s.root.path("/build");
+    let v2 = make_ko_version(&build, "otp_lp_v2", RELEASE, true, "B2");
+    let k = FakeKernel::new(s.root.root(), Mode::Normal);
+    // v1's module cannot be had any more (its bundle is damaged, say).
+    let lp = livepatcher_for(&s, k.clone(), vec![("2.0", v2)]);
+    lp.apply("w2", &versioned("2.0"), progress()).await.unwrap();
+    let e = lp.revert(&versioned("2.0"), Some(&versioned("1.0"))).await.unwrap_err();
+    assert!(e.0.contains("1.0") && e.0.contains("no module for 1.0"), "{e}");
+}
+
+#[tokio::test]
+async fn a_module_of_the_same_name_but_another_build_is_not_ours() {
+    let s = setup();
+    let build = s.root.path("/build");
+    let a = make_ko_version(&build, "otp_lp", RELEASE, true, "AAAA");
+    let b = make_ko_version(&build, "otp_lp", RELEASE, true, "BBBB");
+    let k = FakeKernel::new(s.root.root(), Mode::Normal);
+    let lp = livepatcher_for(&s, k.clone(), vec![("1.0", a), ("1.1", b)]);
+    lp.apply("w1", &versioned("1.0"), progress()).await.unwrap();
+    assert!(!lp.is_applied(&versioned("1.1")).await.unwrap(), "another build of the same name is not applied");
+    let e = lp.apply("w2", &versioned("1.1"), progress()).await.unwrap_err();
+    assert!(e.0.contains("srcversion AAAA") && e.0.contains("BBBB"), "{e}");
+    lp.revert(&versioned("1.1"), None).await.unwrap();
+    assert_eq!(applied(&s.root).len(), 1, "the other build stays in place");
+    assert_eq!(k.calls(), vec!["load otp_lp"], "and is never unloaded");
+}
+
+#[tokio::test]
+async fn a_revert_waits_for_a_load_that_outlived_its_cancelled_apply() {
+    let s = setup();
+    let k = FakeKernel::new(s.root.root(), Mode::Normal);
+    *k.load_delay.lock().unwrap() = Duration::from_millis(300);
+    let lp = livepatcher(&s, k.clone(), false, s.ko.clone());
+    // The deadline drops the apply while finit_module runs in its blocking task.
+    let cut = tokio::time::timeout(Duration::from_millis(50), lp.apply("w1", &bundle(), progress())).await;
+    assert!(cut.is_err(), "the apply was cut short");
+    lp.revert(&bundle(), None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(applied(&s.root).is_empty(), "nothing finished loading after the revert: {:?}", applied(&s.root));
+    assert!(k.loaded.lock().unwrap().is_empty(), "{:?}", k.calls());
 }

@@ -533,3 +533,36 @@ async fn without_a_fallback_a_livepatch_for_another_kernel_is_refused() {
     );
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn rolling_back_v2_puts_the_committed_v1_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let world_file = dir.path().join("world.json");
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let world = FakeWorld::persistent(&world_file, FakeScript::default());
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
+    r.stop().await;
+
+    // The next window brings 1.0.2, and the plant's health fails with it.
+    let v2 = script(|s| {
+        s.version = "1.0.2".into();
+        s.health = FakeHealth::Fail;
+    });
+    let world = FakeWorld::persistent(&world_file, v2);
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T02:10", "90m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("rolled-back"), "{outcome}");
+    let w = world.snapshot();
+    assert_eq!(w.applied, vec!["1.0.1"], "the committed fix is in place again: {:?}", w.calls);
+    let revert = w.calls.iter().position(|c| c == "livepatch.revert 1.0.2").unwrap();
+    let restore = w.calls.iter().position(|c| c == "livepatch.restore 1.0.1").unwrap();
+    assert!(revert < restore, "{:?}", w.calls);
+    let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
+    assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
+    r.stop().await;
+}

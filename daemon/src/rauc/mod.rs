@@ -288,7 +288,9 @@ impl Patcher for RaucUpdater {
         Ok(Applied::Installed { slot: bootname })
     }
 
-    async fn revert(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+    /// `restore` needs nothing here: marking the installed slot bad keeps the committed slot, and with it the
+    /// committed image, the one that boots.
+    async fn revert(&self, bundle: &VerifiedBundle, _restore: Option<&VerifiedBundle>) -> BackendResult<()> {
         // An install still running (a restart during it) must end before the slots are touched.
         let (p, booted) = self.settled_booted().await?;
         let Some(r) = self.load_record()? else {
