@@ -107,22 +107,22 @@ host_pki() {
 }
 
 # ---------------------------------------------------------------- bundles and indexes
-# host_bundle OUT PAYLOAD KERNEL_RELEASE
+# host_bundle OUT PAYLOAD KERNEL_RELEASE [VERSION]
 host_bundle() {
   "$REPO/target/release/otpatchctl" bundle create --kind livepatch --compatible "$HOST_COMPATIBLE" \
-    --version "$HOST_VERSION" --kernel-release "$3" --payload "$2" \
+    --version "${4:-$HOST_VERSION}" --kernel-release "$3" --payload "$2" \
     --signer-cert "$HOST_DIR/pki/signer.pem" --signer-key "$HOST_DIR/pki/signer.key" --out "$1" >/dev/null ||
     host_die "otpatchctl bundle create $1 failed"
 }
 
-# host_index DIR FILE: DIR/index.json naming DIR/FILE, and its detached CMS signature.
+# host_index DIR FILE [VERSION]: DIR/index.json naming DIR/FILE, and its detached CMS signature.
 host_index() {
-  local dir=$1 file=$2 now issued expires
+  local dir=$1 file=$2 version=${3:-$HOST_VERSION} now issued expires
   now=$(date +%s)
   issued=$(date -u -d "@$((now - 60))" +%Y-%m-%dT%H:%M:%SZ)
   expires=$(date -u -d "@$((now + 86400))" +%Y-%m-%dT%H:%M:%SZ)
   printf '{"format":1,"issued":"%s","expires":"%s","bundles":[{"compatible":"%s","version":"%s","kind":"livepatch","file":"%s","size":%s,"sha256":"%s"}]}\n' \
-    "$issued" "$expires" "$HOST_COMPATIBLE" "$HOST_VERSION" "$file" "$(stat -c %s "$dir/$file")" \
+    "$issued" "$expires" "$HOST_COMPATIBLE" "$version" "$file" "$(stat -c %s "$dir/$file")" \
     "$(sha256sum "$dir/$file" | cut -d' ' -f1)" >"$dir/index.json"
   openssl cms -sign -binary -outform DER -in "$dir/index.json" -signer "$HOST_DIR/pki/signer.pem" \
     -inkey "$HOST_DIR/pki/signer.key" -out "$dir/index.json.sig" || host_die "signing $dir/index.json failed"
@@ -149,8 +149,13 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(4096)
     f.write(bytes([b[0] ^ 0x01]))
 EOF
+  # The cumulative successor (v2 marker), a newer version: otpatchd-v1v2 commits good.otb, then moves to it.
+  host_bundle "$www/v2.otb" "$B/modules/otpatch_lp_cmdline_v2.ko" "$kver" 1.1.0
+  mkdir -p "$www/otpatchd-v1v2-next"
+  ln -f "$www/v2.otb" "$www/otpatchd-v1v2-next/v2.otb"
+  host_index "$www/otpatchd-v1v2-next" v2.otb 1.1.0
   local s f
-  for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good \
+  for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good otpatchd-v1v2:good \
     otpatchd-criu:good otpatchd-criu-bad:good \
     otpatchd-tampered:tampered otpatchd-wrong-kernel:wrong-kernel otpatchd-badmagic:badmagic; do
     f="${s#*:}.otb"

@@ -88,6 +88,9 @@ boot_guest() {
   if [[ $s == otpatchd-health-rollback ]]; then
     # The fault: the critical register leaves 10..90 once the patch is in and observed.
     inject=(--inject 'HIL-WATCH .* applying -> observing' "$HOST_PLC_CONTROL" 'set holding 0 u16 0')
+  elif [[ $s == otpatchd-v1v2 ]]; then
+    # The fault comes with the second window only (v2 under observation), when the guest asks for it.
+    inject=(--inject 'HIL-INFO break-plc-now' "$HOST_PLC_CONTROL" 'set holding 0 u16 0')
   fi
   t0=$(date +%s%N)
   # console.py stamps each serial line with the host's time, injects the fault, and bounds the boot.

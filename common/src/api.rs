@@ -85,6 +85,11 @@ pub struct StatusSnapshot {
     /// The ruleset in place, as the firewall tool lists it (empty when none).
     #[serde(default)]
     pub segmentation_ruleset: String,
+    /// Committed fixes this gateway does not carry now, each `<version>: <why>` (a committed livepatch that could
+    /// not be put back at start, e.g. because an A/B update changed the kernel). Empty: every committed fix is
+    /// in place.
+    #[serde(default)]
+    pub committed_not_in_place: Vec<String>,
 }
 
 /// The proxy `otpatchctl` and tests use.

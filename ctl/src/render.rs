@@ -113,6 +113,10 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
     } else {
         "off".to_string()
     };
+    if !s.committed_not_in_place.is_empty() {
+        // Said plainly: the gateway is less patched than what it committed.
+        rows.push(("NOT CARRYING", s.committed_not_in_place.join("\n")));
+    }
     rows.push(("Segmentation", seg));
     if s.segmentation_active && !s.segmentation_ruleset.trim().is_empty() {
         // What the window lets through, as the firewall tool lists it (see README, "Segmentation").
@@ -317,6 +321,7 @@ mod tests {
             segmentation_backend: "nftables".into(),
             segmentation_dropped: 17,
             segmentation_ruleset: String::new(),
+            committed_not_in_place: vec![],
         }
     }
 

@@ -447,7 +447,11 @@ impl Orchestrator {
                         None,
                         serde_json::json!({"version": c.version, "error": e.to_string()}),
                     );
-                    self.status.send_modify(|s| s.last_error = format!("re-applying {}: {e}", c.version));
+                    let why = format!("{} ({compatible}): {e}", c.version);
+                    self.status.send_modify(|s| {
+                        s.last_error = format!("re-applying {}: {e}", c.version);
+                        s.committed_not_in_place.push(why);
+                    });
                 }
             }
         }

@@ -566,3 +566,30 @@ async fn rolling_back_v2_puts_the_committed_v1_back() {
     assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_committed_fix_that_cannot_be_put_back_is_shown_as_not_carried() {
+    let dir = tempfile::tempdir().unwrap();
+    let world_file = dir.path().join("world.json");
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let world = FakeWorld::persistent(&world_file, FakeScript::default());
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
+    assert!(r.handle.status.borrow().committed_not_in_place.is_empty());
+    r.stop().await;
+
+    // A reboot into a kernel the committed module does not fit: the load is refused.
+    let mut state: WorldState = serde_json::from_slice(&std::fs::read(&world_file).unwrap()).unwrap();
+    state.applied.clear();
+    std::fs::write(&world_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let world = FakeWorld::persistent(&world_file, script(|s| s.fail = vec!["apply".into()]));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let status = r.handle.status.borrow().clone();
+    assert_eq!(status.committed_not_in_place.len(), 1, "{status:?}");
+    assert!(status.committed_not_in_place[0].starts_with("1.0.1 (otpatch-demo): "), "{status:?}");
+    let audit = std::fs::read_to_string(dir.path().join("var/lib/otpatch/audit.log")).unwrap();
+    assert!(audit.contains(r#""kind":"boot-reapply-failed""#), "{audit}");
+    r.stop().await;
+}

@@ -2,7 +2,10 @@
 # (/var/lib/otpatch on /dev/vda). Boot 1: a window commits the patch (as otpatchd-happy), the daemon is
 # stopped, the disk unmounted. Boot 2: no window at all; otpatchd finds the patch in committed.json,
 # the kernel does not have it, so it re-verifies and loads it before it is ready: the first answer of
-# `otpatchctl status` already finds it loaded, and the marker comes with the transition.
+# `otpatchctl status` already finds it loaded, and the marker comes with the transition. Boot 2 happens
+# months later: the guest clock is moved 400 days on, past the manifest's expiry (180 days by default) and
+# the signer certificate's validity; the committed fix is put back all the same (its integrity is checked as
+# of its commit), while nothing new could be verified at that clock.
 . /hil/otpatchd.sh
 
 BOOT=1
@@ -29,6 +32,8 @@ else
   check committed-survived grep -q '"1.0.0"' "$STATE_DIR/committed.json"
   check fresh-kernel-no-livepatch sh -c '[ -z "$(ls -A /sys/kernel/livepatch)" ]'
   check fresh-kernel-no-marker sh -c '! grep -q otpatch.livepatch= /proc/cmdline'
+  check clock-moved-400-days date -s "@$(( $(date +%s) + 400 * 86400 ))"
+  info "guest clock now $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   _t=$(hil_ms)
   otp_start
   # Before READY: loaded by the time the daemon first answers on the bus.
@@ -41,6 +46,9 @@ else
   check marker grep -q 'otpatch.livepatch=v1$' /proc/cmdline
   check cmdline-kept grep -q 'otpatch.boot=2' /proc/cmdline
   check no-window-ran otp_no_window_this_start
+  check reapply-audited otp_audit_has ' boot-reapply '
+  check no-reapply-failure sh -c '! otpatchctl log | grep -q boot-reapply-failed'
+
   check no-segmentation sh -c '! nft list tables | grep -q "table inet otpatch"'
   check still-committed otp_status_has '"segmentation_active":false'
   check audit-chain-intact otpatchctl log --verify
