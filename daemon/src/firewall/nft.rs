@@ -40,7 +40,9 @@ impl NftFirewall {
             }
             // No blanket "established": a session that no flow allows passes nothing during the window. ICMP
             // errors about a tracked connection (path MTU discovery) do, and so does IPv6 neighbour discovery.
-            s.push_str("    meta l4proto { icmp, ipv6-icmp } ct state related accept\n");
+            // Protocol numbers, not names: nft resolves names through /etc/protocols, which a minimal gateway
+            // image may lack (1 = ICMP, 58 = ICMPv6).
+            s.push_str("    meta l4proto { 1, 58 } ct state related accept\n");
             if chain != "forward" {
                 let types: Vec<String> = super::ICMPV6_ND_TYPES.iter().map(u8::to_string).collect();
                 let _ = writeln!(
