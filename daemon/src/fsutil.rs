@@ -64,3 +64,18 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }
 }
+
+/// What a blocking task that did not finish says: its panic message (a parser bug reached by untrusted input), or
+/// that it was cancelled.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "the task was cancelled".into();
+    }
+    let payload = e.into_panic();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("it panicked: {msg}")
+}

@@ -208,18 +208,27 @@ impl Verifier for BundleVerifier {
     async fn verify(&self, b: &BundleRef) -> BackendResult<VerifiedBundle> {
         let me = self.clone();
         let path = b.path.clone();
-        // Hashing a large bundle is blocking work: keep it off the runtime.
-        let v = tokio::task::spawn_blocking(move || me.verify_path(&path, false))
-            .await
-            .map_err(|e| BackendError::new(format!("verification task: {e}")))??;
-        self.raise_floor(v.signing_time);
-        let out = to_engine(&v, &b.path);
-        if out.kind == PatchKind::Livepatch {
-            // The module must fit the running kernel (vermagic, build-id): refused here, before any apply.
-            let ko = self.extract_payload(&v, &b.path, ".ko", &self.root.state_dir().join("livepatch"))?;
-            crate::livepatch::check_module(&self.root, &ko, v.manifest.build_id.as_deref())?;
-        }
-        Ok(out)
+        // Hashing, parsing and extracting a large untrusted bundle is blocking work: all of it off the runtime,
+        // so D-Bus keeps answering; a panic of a parser there is a refusal, never the daemon's end.
+        tokio::task::spawn_blocking(move || {
+            let v = me.verify_path(&path, false)?;
+            me.raise_floor(v.signing_time);
+            let out = to_engine(&v, &path);
+            if out.kind == PatchKind::Livepatch {
+                // The module must fit the running kernel (vermagic, build-id): refused here, before any apply.
+                let ko = me.extract_payload(&v, &path, ".ko", &me.root.state_dir().join("livepatch"))?;
+                crate::livepatch::check_module(&me.root, &ko, v.manifest.build_id.as_deref())?;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| {
+            BackendError::new(format!(
+                "{}: the verifier failed on this bundle ({})",
+                b.path.display(),
+                crate::fsutil::join_error_text(e)
+            ))
+        })?
     }
 }
 

@@ -540,3 +540,41 @@ fn a_fallback_bundle_is_fetched_by_name_only_when_the_signed_index_lists_it_for_
     let e = r.block_on(fetcher.fetch_named(&window, "missing.raucb", no_progress())).unwrap_err();
     assert!(e.0.contains("not in the patch server's signed index"), "{e}");
 }
+
+/// An index verifier that panics, as a parser bug reached by a crafted signature would.
+struct PanickingIndex;
+
+impl otpatchd::fetch::IndexVerifier for PanickingIndex {
+    fn verify(&self, _: &[u8], _: &[u8], _: jiff::Timestamp) -> Result<String, String> {
+        let s = "é1";
+        // A byte-offset slice inside a multi-byte character: the kind of panic a crafted DER time once caused.
+        Ok(s.get(..1).map_or_else(|| panic!("byte index 1 is not a char boundary"), str::to_string))
+    }
+}
+
+#[test]
+fn an_unreadable_replay_state_fails_closed_and_a_verifier_panic_is_a_refusal() {
+    use otpatchd::backend::Fetcher;
+    let n = nginx();
+    index_signer(n.dir.path());
+    let sha = n.publish("lp-1.2.0.otb", 1000);
+    let entry = serde_json::json!([{"compatible": "acme-gw", "version": "1.2.0", "kind": "livepatch",
+                                   "file": "lp-1.2.0.otb", "size": 1000, "sha256": sha}]);
+    let day = jiff::SignedDuration::from_hours(24);
+    let now = jiff::Timestamp::now();
+    publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry);
+    let state = tempfile::tempdir().unwrap();
+    // What the replay check remembers, damaged (a torn write, a bad sector): it must not read as "nothing seen".
+    std::fs::write(state.path().join("index-state.json"), b"{\"newest_issued\": \"20").unwrap();
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
+    let r = rt();
+    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    assert!(e.0.contains("index-state.json") && e.0.contains("unreadable"), "{e}");
+    std::fs::remove_file(state.path().join("index-state.json")).unwrap();
+
+    let mut fetcher = fetcher;
+    fetcher.verifier = Arc::new(PanickingIndex);
+    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    assert!(e.0.contains("index.json signature refused") && e.0.contains("panicked"), "{e}");
+}

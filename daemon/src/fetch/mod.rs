@@ -433,8 +433,20 @@ impl HttpsFetcher {
         self.state_dir.join("index-state.json")
     }
 
-    fn load_state(&self) -> IndexState {
-        std::fs::read(self.state_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    /// What the replay check remembers. Missing: nothing accepted yet. Unreadable: an error, never "nothing
+    /// seen" (that would let a replayed older index in), as with `committed.json`.
+    fn load_state(&self) -> BackendResult<IndexState> {
+        let path = self.state_path();
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                BackendError::new(format!(
+                    "{} is unreadable ({e}); refusing to guess which index was seen last: restore or remove it",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IndexState::default()),
+            Err(e) => Err(BackendError::new(format!("{}: {e}", path.display()))),
+        }
     }
 }
 
@@ -469,11 +481,16 @@ impl HttpsFetcher {
         let content = self.channel.get_small("index.json", 1 << 20).await?;
         let sig = self.channel.get_small("index.json.sig", 256 << 10).await?;
         let now = self.verifier.check_time(self.clock.now());
-        let signer = self
-            .verifier
-            .verify(&content, &sig, now)
+        // Untrusted bytes from whoever answers on the patch channel: parsed off the runtime, and a panic of the
+        // parser is a refusal, never the daemon's end.
+        let verifier = self.verifier.clone();
+        let (c, s) = (content.clone(), sig);
+        let signer = tokio::task::spawn_blocking(move || verifier.verify(&c, &s, now))
+            .await
+            .map_err(|e| format!("the verifier failed on this input ({})", crate::fsutil::join_error_text(e)))
+            .and_then(|r| r)
             .map_err(|e| BackendError::new(format!("index.json signature refused: {e}")))?;
-        let mut state = self.load_state();
+        let mut state = self.load_state()?;
         let idx = Index::check(&content, now, state.newest_issued)?;
         state.newest_issued = Some(state.newest_issued.map_or(idx.issued, |s| s.max(idx.issued)));
         let text = serde_json::to_vec(&state).map_err(|e| BackendError::new(e.to_string()))?;
