@@ -41,6 +41,21 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// What a blocking task that did not finish says: its panic message (a parser bug reached by untrusted input), or
+/// that it was cancelled.
+pub fn join_error_text(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return "the task was cancelled".into();
+    }
+    let payload = e.into_panic();
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("it panicked: {msg}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,19 +78,4 @@ mod tests {
         let names: Vec<_> = fs::read_dir(d.path().join("sub")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
     }
-}
-
-/// What a blocking task that did not finish says: its panic message (a parser bug reached by untrusted input), or
-/// that it was cancelled.
-pub fn join_error_text(e: tokio::task::JoinError) -> String {
-    if !e.is_panic() {
-        return "the task was cancelled".into();
-    }
-    let payload = e.into_panic();
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
-    format!("it panicked: {msg}")
 }
