@@ -164,7 +164,8 @@ fn livepatcher(settings: &Settings, root: &Sysroot, verifier: Arc<BundleVerifier
 /// The A/B updater: RAUC on the system bus, rebooting through `rebooter` within the policy's limit.
 fn ab_updater(settings: &Settings, root: &Sysroot, rebooter: Arc<dyn Rebooter>) -> Arc<RaucUpdater> {
     let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
-    Arc::new(RaucUpdater::new(root.state_dir(), rebooter, limits))
+    let failpoints = Failpoints::from_env().unwrap_or_default();
+    Arc::new(RaucUpdater::new(root.state_dir(), rebooter, limits).with_failpoints(failpoints))
 }
 
 async fn backends(

@@ -75,6 +75,7 @@ pub struct RaucUpdater {
     record: PathBuf,
     rebooter: Arc<dyn Rebooter>,
     limits: RaucLimits,
+    failpoints: crate::failpoints::Failpoints,
 }
 
 impl std::fmt::Debug for RaucUpdater {
@@ -103,7 +104,13 @@ pub fn unsupported_key(e: &zbus::Error) -> Option<String> {
 impl RaucUpdater {
     /// `state_dir` holds the install record; `rebooter` takes the gateway back to the old slot on a rollback.
     pub fn new(state_dir: PathBuf, rebooter: Arc<dyn Rebooter>, limits: RaucLimits) -> Self {
-        RaucUpdater { record: state_dir.join("ab-install.json"), rebooter, limits }
+        RaucUpdater { record: state_dir.join("ab-install.json"), rebooter, limits, failpoints: Default::default() }
+    }
+
+    /// Fault injection: `rauc:completed` fires right after RAUC reported the install's end.
+    pub fn with_failpoints(mut self, failpoints: crate::failpoints::Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
     }
 
     async fn proxy(&self) -> BackendResult<InstallerProxy<'static>> {
@@ -261,6 +268,10 @@ impl Patcher for RaucUpdater {
                 }
             }
         };
+        info!(version = %bundle.version, result, "RAUC Completed");
+        if let Err(e) = self.failpoints.hit("rauc:completed") {
+            return Err(BackendError::new(e));
+        }
         if result != 0 {
             let last = self.call("LastError", p.last_error()).await.unwrap_or_default();
             return Err(BackendError::new(format!(
