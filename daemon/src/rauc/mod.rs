@@ -546,4 +546,16 @@ mod tests {
         let e = zbus::Error::Failure("Already processing a different method".into());
         assert_eq!(unsupported_key(&e), None);
     }
+
+    /// A record written by an older otpatchd (only ever after RAUC's Completed) has no `finished`: it was.
+    #[test]
+    fn records_without_finished_were_written_after_the_install() {
+        let old = r#"{"window":"w1","bundle":{"path":"/b.raucb","kind":"ab","compatible":"c","version":"2.1.0",
+            "digest":"d","signer":"s"},"slot":"rootfs.1","bootname":"B","from":"A"}"#;
+        let r: InstallRecord = serde_json::from_str(old).unwrap();
+        assert!(r.finished);
+        let started = InstallRecord { finished: false, ..r };
+        let back: InstallRecord = serde_json::from_str(&serde_json::to_string(&started).unwrap()).unwrap();
+        assert!(!back.finished);
+    }
 }
