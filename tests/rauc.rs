@@ -653,3 +653,25 @@ fn a_cancel_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
     assert!(!s.install_record());
     assert_eq!(s.reboots(), 0);
 }
+
+/// The window's deadline falls inside the install (its install-check hook takes 12 s, the window 8 s): the same as
+/// a cancel, RAUC's Completed is waited for, then the installed slot is marked bad.
+#[test]
+fn a_deadline_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
+    let s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", Some("sleep 12"));
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let o = ctl(&s.bus, &["window", "schedule", "--start", &start_in(1), "--duration", "8s"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    s.wait_state(&d, "applying", Duration::from_secs(30));
+    let outcome = s.outcome(&d, Duration::from_secs(90));
+    assert_eq!(outcome, "rolled-back: window ended before the change was committed", "{}", d.log_text());
+    let log = d.log_text();
+    let completed = log.find("RAUC Completed").unwrap_or_else(|| panic!("otpatchd did not wait for RAUC:\n{log}"));
+    let marked = log.find("RAUC slot marked").unwrap_or_else(|| panic!("no slot marked:\n{log}"));
+    assert!(completed < marked, "the slot was marked before RAUC finished:\n{log}");
+    assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad", "{}\n{log}", s.rauc.bootstate());
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
+}
