@@ -238,9 +238,14 @@ fn setup(reboot: &str) -> Setup {
 
 impl Setup {
     fn daemon(&self, script: &str) -> Daemon {
+        self.spawn(script, "").on_bus(&self.bus)
+    }
+
+    /// otpatchd with failpoints, not waited for on the bus (it may crash before it gets there).
+    fn spawn(&self, script: &str, failpoints: &str) -> Daemon {
         let env = self.rauc.envs();
         let env: Vec<(&str, &str)> = vec![("OTPATCH_REAL_AB", "1"), ("OTPATCH_BOOTSTATE", env[1].1.as_str())];
-        Daemon::spawn_with_env(&self.bus, &self.gw, script, "", &env).on_bus(&self.bus)
+        Daemon::spawn_with_env(&self.bus, &self.gw, script, failpoints, &env)
     }
 
     fn status(&self) -> serde_json::Value {
@@ -280,6 +285,12 @@ impl Setup {
         wait_for(Duration::from_secs(20), "the reboot request", || self.reboots() >= asked);
         let st = d.stop();
         assert!(st.success() || st.code().is_some(), "otpatchd stop: {st:?}");
+        self.power_cycle(how, boot_id)
+    }
+
+    /// The machine goes down (otpatchd is not running) and boots again: RAUC stops, the bootloader picks a slot,
+    /// the boot id becomes `boot_id`, RAUC starts from the slot booted. Returns it.
+    fn power_cycle(&mut self, how: &str, boot_id: &str) -> String {
         self.rauc.stop();
         let slot = self.rauc.boot(how);
         let world = self.gw.path().join("run/otpatch-fake/world.json");
@@ -515,4 +526,152 @@ fn rauc_disappearing_mid_install_fails_cleanly_and_rolls_back() {
     );
     assert_eq!(s.rauc.primary(), "rootfs.0");
     assert_eq!(s.reboots(), 0);
+}
+
+/// A bundle of its own, signed like the others, written over `path` (rename, as a local attacker or a confused
+/// tool would replace a file).
+fn replace_bundle(s: &Setup, path: &Path, version: &str) {
+    let other = bundle(s.bundles.path(), "replacement.raucb", COMPATIBLE, version, None);
+    fs::rename(other, path).unwrap();
+}
+
+/// otpatchd is killed right after RAUC reported the install complete, before it took its next step (a crash or
+/// power loss in the gap): it is started again in the same boot.
+fn crash_right_after_raucs_completed(s: &Setup, b: &Path) {
+    let mut d = s.spawn(&format!("bundle={}", b.display()), "rauc:completed=crash");
+    wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(&s.bus, &["status"], None).status.success());
+    s.schedule();
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(9),
+        "otpatchd should have crashed after RAUC's Completed: {}",
+        d.log_text()
+    );
+    // RAUC finished: the new slot is written and is the one to boot next.
+    assert_eq!(s.rauc.primary(), "rootfs.1", "{}", s.rauc.log());
+    assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
+}
+
+/// A crash between RAUC's Completed and otpatchd's next step, restart in the same boot: rolled back, and the slot
+/// RAUC installed is marked bad and not primary (it must never activate later), not merely left behind.
+#[test]
+fn a_crash_right_after_raucs_completed_rolls_back_and_marks_the_installed_slot_bad() {
+    let s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
+    crash_right_after_raucs_completed(&s, &b);
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let outcome = s.outcome(&d, Duration::from_secs(90));
+    assert_eq!(outcome, "rolled-back: daemon restarted while the change was in place", "{}", d.log_text());
+    assert_eq!(s.rauc.primary(), "rootfs.0", "the installed slot is still the one to boot\n{}", d.log_text());
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad", "{}\n{}", s.rauc.bootstate(), d.log_text());
+    assert!(s.rauc.bootstate().contains("state_B=bad"), "{}", s.rauc.bootstate());
+    assert!(d.log_text().contains("never seen to finish"), "the rollback does not say why:\n{}", d.log_text());
+    assert!(!s.install_record());
+    assert_eq!(s.reboots(), 0);
+}
+
+/// The same gap, but it was a power loss: the bootloader boots the slot RAUC made primary. otpatchd finds the
+/// install it never saw finish running and goes back (marks it bad, the old slot active, reboots); on the old slot
+/// the rollback is finished. Never "rolled back" while the new slot stays active.
+#[test]
+fn a_power_loss_right_after_raucs_completed_never_leaves_the_installed_slot_active() {
+    let mut s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
+    crash_right_after_raucs_completed(&s, &b);
+    assert_eq!(s.power_cycle("boot", "boot-2"), "B", "the bootloader boots the primary slot");
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let start = std::time::Instant::now();
+    while s.reboots() < 1 {
+        let st = s.status();
+        assert!(
+            start.elapsed() < Duration::from_secs(60) && st["state"] != "closed",
+            "no reboot back to A from the slot never seen installed: {st}\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad");
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    // The reboot asked for (the first otpatchd asked for: the power loss was not one) takes the gateway to A.
+    let st = d.stop();
+    assert!(st.success() || st.code().is_some(), "otpatchd stop: {st:?}");
+    assert_eq!(s.power_cycle("boot", "boot-3"), "A");
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let outcome = s.outcome(&d, Duration::from_secs(60));
+    assert_eq!(outcome, "rolled-back: daemon restarted while the change was in place", "{}", d.log_text());
+    assert_eq!(s.reboots(), 1, "no second reboot");
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad");
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
+}
+
+/// The bundle file is replaced after it was verified (during the checkpoint): the install is refused with the
+/// digest mismatch named, and RAUC never gets the file.
+#[test]
+fn a_bundle_replaced_after_verification_is_refused_before_rauc_gets_it() {
+    let s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
+    // Every fake step (the checkpoint too) takes 2 s: time to replace the file once the bundle was verified.
+    let d = s.daemon(&format!("bundle={},delay=2s", b.display()));
+    s.schedule();
+    s.wait_state(&d, "verified", Duration::from_secs(60));
+    replace_bundle(&s, &b, "6.6.6");
+    let outcome = s.outcome(&d, Duration::from_secs(60));
+    assert!(outcome.starts_with("rolled-back: apply failed: not installing 2.1.0"), "{outcome}\n{}", d.log_text());
+    assert!(outcome.contains("digest mismatch"), "{outcome}");
+    assert!(!s.rauc.log().contains("os-2.1.raucb"), "RAUC got the bundle:\n{}", s.rauc.log());
+    assert!(fs::read(s.rauc.path("slotB.img")).unwrap().iter().all(|b| *b == 0), "slot B was written");
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
+}
+
+/// `otpatchctl window cancel` while RAUC installs (its install-check hook takes 6 s): otpatchd does not drop the
+/// install, it waits for RAUC's Completed, then marks the installed slot bad; the window ends rolled back.
+#[test]
+fn a_cancel_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
+    let s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", Some("sleep 6"));
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    s.schedule();
+    s.wait_state(&d, "applying", Duration::from_secs(60));
+    wait_for(Duration::from_secs(20), "RAUC installing", || s.rauc.log().contains("os-2.1.raucb"));
+    std::thread::sleep(Duration::from_secs(1));
+    let id = s.status()["active_window"].as_str().unwrap().to_string();
+    let o = ctl(&s.bus, &["window", "cancel", &id], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let outcome = s.outcome(&d, Duration::from_secs(90));
+    assert!(outcome.starts_with("rolled-back: cancelled by uid"), "{outcome}\n{}", d.log_text());
+    let log = d.log_text();
+    let completed = log.find("RAUC Completed").unwrap_or_else(|| panic!("otpatchd did not wait for RAUC:\n{log}"));
+    let marked = log.find("RAUC slot marked").unwrap_or_else(|| panic!("no slot marked:\n{log}"));
+    assert!(completed < marked, "the slot was marked before RAUC finished:\n{log}");
+    // RAUC did write the slot; it must never boot.
+    assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad", "{}\n{log}", s.rauc.bootstate());
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
+    assert_eq!(s.reboots(), 0);
+}
+
+/// The window's deadline falls inside the install (its install-check hook takes 12 s, the window 8 s): the same as
+/// a cancel, RAUC's Completed is waited for, then the installed slot is marked bad.
+#[test]
+fn a_deadline_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
+    let s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", Some("sleep 12"));
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let o = ctl(&s.bus, &["window", "schedule", "--start", &start_in(1), "--duration", "8s"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    s.wait_state(&d, "applying", Duration::from_secs(30));
+    let outcome = s.outcome(&d, Duration::from_secs(90));
+    assert_eq!(outcome, "rolled-back: window ended before the change was committed", "{}", d.log_text());
+    let log = d.log_text();
+    let completed = log.find("RAUC Completed").unwrap_or_else(|| panic!("otpatchd did not wait for RAUC:\n{log}"));
+    let marked = log.find("RAUC slot marked").unwrap_or_else(|| panic!("no slot marked:\n{log}"));
+    assert!(completed < marked, "the slot was marked before RAUC finished:\n{log}");
+    assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
+    assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad", "{}\n{log}", s.rauc.bootstate());
+    assert_eq!(s.rauc.primary(), "rootfs.0");
+    assert!(!s.install_record());
 }

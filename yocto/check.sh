@@ -55,6 +55,48 @@ mapfile -t template_files < <(find meta-otpatch/templates -type f -name '*.bbapp
 run_lint "templates (${#template_files[@]} files)" "${suppress[@]}" --suppress oelint.vars.noncoreoverride \
     "${template_files[@]}"
 
+# Every shipped RAUC system.conf, parsed by RAUC itself: `rauc info` loads the system configuration before it
+# opens the bundle, so with a bundle path that does not exist it either refuses the configuration ("Failed to
+# load system config": a line that is not a key, an unknown key, a bad value) or gets as far as the missing
+# bundle. The @...@ values are filled in as the template's bbappend does, once for each bootloader it names.
+check_rauc_conf() {  # file
+    local file=$1 tmp out bl ok=1
+    if ! command -v rauc >/dev/null; then
+        echo "FAIL rauc config: $file: rauc is not installed (Debian: rauc), the file cannot be checked"
+        failed=$((failed + 1))
+        return
+    fi
+    tmp=$(mktemp -d)
+    for bl in grub efi uboot barebox; do
+        sed -e 's,@OTPATCH_COMPATIBLE@,check-otpatch-gateway,g' \
+            -e "s,@OTPATCH_RAUC_BOOTLOADER@,$bl,g" \
+            -e 's,@OTPATCH_RAUC_SLOT_A@,/dev/disk/by-partlabel/rootfs-a,g' \
+            -e 's,@OTPATCH_RAUC_SLOT_B@,/dev/disk/by-partlabel/rootfs-b,g' \
+            "$file" >"$tmp/system.conf"
+        out=$(rauc --conf="$tmp/system.conf" info --no-verify "$tmp/no-such.raucb" 2>&1 || true)
+        if echo "$out" | grep -q 'Failed to load system config\|Failed to initialize context' \
+            || ! echo "$out" | grep -q 'No such file'; then
+            echo "FAIL rauc config: $file (bootloader=$bl)"
+            echo "$out" | sed 's/^/     /'
+            ok=0
+            break
+        fi
+    done
+    rm -rf "$tmp"
+    if [ $ok = 1 ]; then
+        echo "ok   rauc config: $file"
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+}
+mapfile -t rauc_confs < <(find meta-otpatch -type f -path '*rauc*' -name '*.conf' | sort)
+if [ ${#rauc_confs[@]} -eq 0 ]; then
+    echo "FAIL rauc config: no system.conf found under meta-otpatch"
+    failed=$((failed + 1))
+fi
+for f in "${rauc_confs[@]}"; do check_rauc_conf "$f"; done
+
 # Consistency with the workspace (includes the Cargo.lock drift check of otpatch-crates.inc).
 set +e
 out=$("$py" tests/test_layer.py 2>&1)

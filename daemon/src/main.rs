@@ -17,7 +17,7 @@ use otpatchd::firewall::{self, iptables::IptablesFirewall, nft::NftFirewall};
 use otpatchd::health::ModbusHealth;
 use otpatchd::livepatch::{LivepatchConfig, ModuleFile, ModuleSource, RealKernel, SysfsLivepatcher};
 use otpatchd::orchestrator::{BackendFactory, Command, Orchestrator, PolicyLoader};
-use otpatchd::rauc::{RaucLimits, RaucUpdater};
+use otpatchd::rauc::{BundleCheck, RaucLimits, RaucUpdater};
 use otpatchd::reboot::SystemdRebooter;
 use otpatchd::service::{self, Access};
 use otpatchd::sysroot::Sysroot;
@@ -161,10 +161,30 @@ fn livepatcher(settings: &Settings, root: &Sysroot, verifier: Arc<BundleVerifier
     SysfsLivepatcher::new(root.clone(), Arc::new(RealKernel), config, module_for)
 }
 
-/// The A/B updater: RAUC on the system bus, rebooting through `rebooter` within the policy's limit.
-fn ab_updater(settings: &Settings, root: &Sysroot, rebooter: Arc<dyn Rebooter>) -> Arc<RaucUpdater> {
+/// The A/B updater: RAUC on the system bus, rebooting through `rebooter` within the policy's limit. Each bundle
+/// is verified again right before RAUC is handed its path.
+fn ab_updater(
+    settings: &Settings,
+    root: &Sysroot,
+    rebooter: Arc<dyn Rebooter>,
+    verifier: Arc<BundleVerifier>,
+) -> Arc<RaucUpdater> {
     let limits = RaucLimits { reboot: settings.ab.reboot_timeout, ..RaucLimits::default() };
-    Arc::new(RaucUpdater::new(root.state_dir(), rebooter, limits))
+    let check: BundleCheck = Arc::new(move |b| {
+        let v = verifier.verify_path(&b.path, true)?;
+        if v.digest != b.digest {
+            return Err(BackendError::new(format!(
+                "{} changed since it was verified: digest mismatch (now {}, verified {})",
+                b.path.display(),
+                v.digest,
+                b.digest
+            )));
+        }
+        Ok(())
+    });
+    // An invalid OTPATCH_FAILPOINTS stops the daemon at start (read again there); here it only means none.
+    let failpoints = Failpoints::from_env().unwrap_or_default();
+    Arc::new(RaucUpdater::new(root.state_dir(), rebooter, limits).with_check(check).with_failpoints(failpoints))
 }
 
 async fn backends(
@@ -188,8 +208,8 @@ async fn backends(
                 fetcher: fetcher(settings, _root, verifier.clone(), clock.clone()),
                 verifier: verifier.clone(),
                 checkpointer,
-                livepatcher: Arc::new(livepatcher(settings, _root, verifier)),
-                ab_updater: ab_updater(settings, _root, rebooter.clone()),
+                livepatcher: Arc::new(livepatcher(settings, _root, verifier.clone())),
+                ab_updater: ab_updater(settings, _root, rebooter.clone(), verifier.clone()),
                 rebooter,
                 health: Arc::new(ModbusHealth::new(settings.probes.clone())),
                 clock,
@@ -208,8 +228,9 @@ async fn backends(
                 b.firewall = firewall(settings).await;
             } else if std::env::var_os("OTPATCH_REAL_AB").is_some() {
                 warn!(script = %text, "running with FAKE backends except the verifier and RAUC");
-                b.verifier = Arc::new(BundleVerifier::new(settings, _root, b.clock.clone()));
-                b.ab_updater = ab_updater(settings, _root, b.rebooter.clone());
+                let verifier = Arc::new(BundleVerifier::new(settings, _root, b.clock.clone()));
+                b.verifier = verifier.clone();
+                b.ab_updater = ab_updater(settings, _root, b.rebooter.clone(), verifier);
             } else {
                 warn!(script = %text, "running with FAKE backends: nothing on this machine is changed");
             }

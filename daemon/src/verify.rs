@@ -214,6 +214,14 @@ impl Verifier for BundleVerifier {
             let v = me.verify_path(&path, false)?;
             me.raise_floor(v.signing_time);
             let out = to_engine(&v, &path);
+            if out.kind == PatchKind::App {
+                // Refused here, before a checkpoint or an apply: nothing would install it (the livepatch path must
+                // not).
+                return Err(BackendError::new(format!(
+                    "{}: app bundles are not supported yet: no backend applies them",
+                    path.display()
+                )));
+            }
             if out.kind == PatchKind::Livepatch {
                 // The module must fit the running kernel (vermagic, build-id): refused here, before any apply.
                 let ko = me.extract_payload(&v, &path, ".ko", &me.root.state_dir().join("livepatch"))?;
@@ -484,6 +492,37 @@ mod tests {
         std::fs::write(&b, &bytes).unwrap();
         let e = Verifier::verify(&s.verifier, &BundleRef { path: b, size: 0 }).await.unwrap_err();
         assert!(!e.is_kernel_mismatch(), "{e}");
+    }
+
+    /// An application bundle, validly signed, is refused at verification: no backend applies one yet (before,
+    /// it went down the livepatch path).
+    #[tokio::test]
+    async fn app_bundles_are_refused_at_verification() {
+        let s = setup(false);
+        let r = s.dir.path();
+        std::fs::write(r.join("pki/app.tar"), b"an application payload").unwrap();
+        let out = r.join("app-1.0.0.otb");
+        bundle::create(
+            &bundle::CreateRequest {
+                kind: "app".into(),
+                compatible: "acme-gw".into(),
+                version: "1.0.0".into(),
+                expires: None,
+                kernel_releases: vec![],
+                build_id: None,
+                payloads: vec![r.join("pki/app.tar")],
+                signer_cert: r.join("pki/signer.pem"),
+                signer_key: r.join("pki/signer.key"),
+                chain: vec![],
+            },
+            &out,
+        )
+        .unwrap();
+        // The signature itself is fine: the refusal is about the kind.
+        s.verifier.verify_path(&out, false).unwrap();
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: out, size: 0 }).await.unwrap_err();
+        assert!(e.0.contains("app bundles are not supported yet: no backend applies them"), "{e}");
+        assert!(!e.is_kernel_mismatch(), "not a kernel mismatch (no A/B fallback for it): {e}");
     }
 
     #[test]

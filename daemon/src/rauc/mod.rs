@@ -2,10 +2,18 @@
 //! reboots into it (inside the window, when the policy allows), and the slot is kept only after the health
 //! observation passed there.
 //!
-//! What the updater remembers between boots is one small record, `<state>/ab-install.json`: which window installed
-//! which bundle (as verified) into which slot, from which slot. Everything else is asked of RAUC (`BootSlot`, `GetPrimary`,
-//! `GetSlotStatus`), so the record and RAUC can disagree only in a way the code checks:
+//! What the updater remembers between boots is one small record, `<state>/ab-install.json`: which window installs
+//! which bundle (as verified) into which slot, from which slot, and whether RAUC was seen to finish. It is written
+//! *before* `InstallBundle` (`finished: false`) and again once RAUC reported the install complete and the slot
+//! primary (`finished: true`), so no crash or power loss leaves a slot RAUC may have written without a record of
+//! it. Everything else is asked of RAUC (`BootSlot`, `GetPrimary`, `GetSlotStatus`), so the record and RAUC can
+//! disagree only in a way the code checks:
 //!
+//! - An install is never abandoned while RAUC runs it: it runs in a task of its own, which a deadline or cancel
+//!   (dropping the window's apply) does not stop; `revert` waits for it (bounded by the install limit), and for
+//!   RAUC to be idle, before it touches the slots.
+//! - The bundle is verified again (signature, and the digest compared with the one verified in the window) right
+//!   before `InstallBundle`: RAUC gets the path only once the file there is still the verified bundle.
 //! - `revert` on the old slot: the installed slot is marked bad and the booted one active again (idempotent, no
 //!   reboot); on the new slot: the booted slot is marked bad, the other one active, and the gateway reboots into
 //!   it (the journal is in `RollingBack`, so the next start finishes the rollback on the old slot).
@@ -19,17 +27,19 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
 use zbus::Variant as Value;
 
 use crate::backend::{Applied, BackendError, BackendResult, Patcher, ProgressFn, Rebooter};
 use crate::engine::VerifiedBundle;
+use crate::failpoints::Failpoints;
 use proxy::{slot_str, InstallerProxy, RAUC_BUS_NAME};
 
 /// Bounds on every wait for RAUC.
@@ -67,7 +77,23 @@ pub struct InstallRecord {
     pub bootname: String,
     /// The boot name of the slot that ran when it was installed.
     pub from: String,
+    /// RAUC reported the install complete (and the slot primary). `false` from just before `InstallBundle` until
+    /// then: the slot may have been written, or made primary, by an install nobody saw end. A record without the
+    /// field was written by an older otpatchd, after the install.
+    #[serde(default = "finished_default")]
+    pub finished: bool,
 }
+
+fn finished_default() -> bool {
+    true
+}
+
+/// Verifies a bundle again right before it is installed: the file at its path must still be the bundle verified
+/// (same digest), with a valid signature.
+pub type BundleCheck = Arc<dyn Fn(&VerifiedBundle) -> BackendResult<()> + Send + Sync>;
+
+/// The outcome of the install under way, once there is one.
+type InstallResult = watch::Receiver<Option<BackendResult<Applied>>>;
 
 /// Which bus RAUC is on: the system bus (`DBUS_SYSTEM_BUS_ADDRESS` moves it, as for the daemon's own service).
 #[derive(Clone)]
@@ -75,6 +101,10 @@ pub struct RaucUpdater {
     record: PathBuf,
     rebooter: Arc<dyn Rebooter>,
     limits: RaucLimits,
+    check: Option<BundleCheck>,
+    failpoints: Failpoints,
+    /// The install task started last (it outlives the window's apply future).
+    running: Arc<Mutex<Option<InstallResult>>>,
 }
 
 impl std::fmt::Debug for RaucUpdater {
@@ -103,7 +133,26 @@ pub fn unsupported_key(e: &zbus::Error) -> Option<String> {
 impl RaucUpdater {
     /// `state_dir` holds the install record; `rebooter` takes the gateway back to the old slot on a rollback.
     pub fn new(state_dir: PathBuf, rebooter: Arc<dyn Rebooter>, limits: RaucLimits) -> Self {
-        RaucUpdater { record: state_dir.join("ab-install.json"), rebooter, limits }
+        RaucUpdater {
+            record: state_dir.join("ab-install.json"),
+            rebooter,
+            limits,
+            check: None,
+            failpoints: Failpoints::default(),
+            running: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Every bundle is checked with `check` right before `InstallBundle`; a refusal ends the apply.
+    pub fn with_check(mut self, check: BundleCheck) -> Self {
+        self.check = Some(check);
+        self
+    }
+
+    /// Fault injection: `rauc:completed` fires right after RAUC reported the install's end.
+    pub fn with_failpoints(mut self, failpoints: Failpoints) -> Self {
+        self.failpoints = failpoints;
+        self
     }
 
     async fn proxy(&self) -> BackendResult<InstallerProxy<'static>> {
@@ -140,7 +189,12 @@ impl RaucUpdater {
 
     /// Waits (bounded) until RAUC is on the bus and idle.
     async fn settled(&self) -> BackendResult<InstallerProxy<'static>> {
-        let deadline = tokio::time::Instant::now() + self.limits.settle;
+        self.settled_within(self.limits.settle).await
+    }
+
+    /// Waits until RAUC is on the bus and idle, at most `limit`.
+    async fn settled_within(&self, limit: Duration) -> BackendResult<InstallerProxy<'static>> {
+        let deadline = tokio::time::Instant::now() + limit;
         // Bounded by the deadline; one attempt every 500 ms.
         loop {
             let last = match self.proxy().await {
@@ -152,10 +206,7 @@ impl RaucUpdater {
                 Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(BackendError::new(format!(
-                    "RAUC did not become ready within {:?}: {last}",
-                    self.limits.settle
-                )));
+                return Err(BackendError::new(format!("RAUC did not become ready within {limit:?}: {last}")));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -219,16 +270,62 @@ impl RaucUpdater {
     }
 }
 
-#[async_trait]
-impl Patcher for RaucUpdater {
-    async fn apply(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
+impl RaucUpdater {
+    /// The slot RAUC will install into: the other slot with a boot name in the booted slot's class.
+    async fn target_slot(&self, p: &InstallerProxy<'static>, booted: &str) -> BackendResult<(String, String)> {
+        let slots = self.call("GetSlotStatus", p.get_slot_status()).await?;
+        let class = slots
+            .iter()
+            .find(|s| slot_str(s, "bootname").as_deref() == Some(booted))
+            .and_then(|s| slot_str(s, "class"))
+            .ok_or_else(|| BackendError::new(format!("RAUC lists no slot with the booted boot name {booted}")))?;
+        let others: Vec<(String, String)> = slots
+            .iter()
+            .filter(|s| slot_str(s, "class").as_deref() == Some(class.as_str()))
+            .filter_map(|s| Some((s.0.clone(), slot_str(s, "bootname")?)))
+            .filter(|(_, bootname)| bootname != booted)
+            .collect();
+        match others.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Err(BackendError::new(format!(
+                "cannot tell which {class} slot RAUC installs into (candidates: {others:?}); not installing"
+            ))),
+        }
+    }
+
+    /// The bundle check, off the runtime (it hashes the whole file).
+    async fn check_again(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+        let Some(check) = self.check.clone() else { return Ok(()) };
+        let b = bundle.clone();
+        tokio::task::spawn_blocking(move || check(&b))
+            .await
+            .map_err(|e| BackendError::new(format!("bundle check task: {e}")))?
+    }
+
+    /// One whole installation: record, `InstallBundle`, `Completed`, record again. Bounded by the install limit.
+    async fn install(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
         let (p, booted) = self.settled_booted().await?;
+        let (target, target_boot) = self.target_slot(&p, &booted).await?;
+        // The file RAUC is handed must still be the bundle verified in the window.
+        self.check_again(bundle).await.map_err(|e| {
+            BackendError::new(format!("not installing {}: re-verified before the install: {e}", bundle.version))
+        })?;
         // Subscribed before the call, so that neither the end nor RAUC leaving the bus can be missed.
         let mut completed = p.receive_completed().await.map_err(|e| rauc_err("Completed signal", e))?;
         let mut changes = p.receive_progress_changed().await;
         let mut owner = p.inner().receive_owner_changed().await.map_err(|e| rauc_err("owner changes", e))?;
         let path = bundle.path.to_string_lossy().to_string();
-        progress(0, format!("RAUC: installing {} into the inactive slot", bundle.version));
+        let mut record = InstallRecord {
+            window: window.to_string(),
+            bundle: bundle.clone(),
+            slot: target.clone(),
+            bootname: target_boot.clone(),
+            from: booted.clone(),
+            finished: false,
+        };
+        // From the call on, RAUC may write the slot and make it primary: the record says so first.
+        self.save_record(&record)?;
+        progress(0, format!("RAUC: installing {} into slot {target} ({target_boot})", bundle.version));
         self.start_install(&p, &path, window, &bundle.digest).await?;
         let deadline = tokio::time::sleep(self.limits.install);
         tokio::pin!(deadline);
@@ -261,6 +358,10 @@ impl Patcher for RaucUpdater {
                 }
             }
         };
+        info!(version = %bundle.version, slot = %target, result, "RAUC Completed");
+        if let Err(e) = self.failpoints.hit("rauc:completed") {
+            return Err(BackendError::new(e));
+        }
         if result != 0 {
             let last = self.call("LastError", p.last_error()).await.unwrap_or_default();
             return Err(BackendError::new(format!(
@@ -277,25 +378,76 @@ impl Patcher for RaucUpdater {
                 "RAUC installed, but the slot to boot next ({primary}) is the one running: nothing to switch to"
             )));
         }
-        self.save_record(&InstallRecord {
-            window: window.to_string(),
-            bundle: bundle.clone(),
-            slot: primary.clone(),
-            bootname: bootname.clone(),
-            from: booted,
-        })?;
+        if primary != target {
+            return Err(BackendError::new(format!(
+                "RAUC installed, but the slot to boot next is {primary}, not {target} that it was to install into"
+            )));
+        }
+        record.finished = true;
+        self.save_record(&record)?;
         progress(100, format!("RAUC: {} installed into {primary} ({bootname})", bundle.version));
         Ok(Applied::Installed { slot: bootname })
+    }
+
+    /// Waits for the install task started last, if it still runs (bounded by the install limit).
+    async fn install_ended(&self) {
+        let rx = self.running.lock().ok().and_then(|r| r.clone());
+        let Some(mut rx) = rx else { return };
+        if rx.borrow().is_some() {
+            return;
+        }
+        warn!("an install is under way: waiting for RAUC to finish it before the slots are touched");
+        let limit = self.limits.install + self.limits.call;
+        let ended = match tokio::time::timeout(limit, rx.wait_for(|r| r.is_some())).await {
+            Ok(Ok(r)) => Ok((*r).clone()),
+            Ok(Err(_)) => Err("the install task went away"),
+            Err(_) => Err("the install under way did not end within the install limit"),
+        };
+        match ended {
+            Ok(Some(Ok(_))) => info!("the install under way ended: RAUC installed the bundle"),
+            Ok(Some(Err(e))) => info!(error = %e, "the install under way ended without installing"),
+            Ok(None) => {}
+            Err(e) => error!(limit = ?limit, "{e}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Patcher for RaucUpdater {
+    async fn apply(&self, window: &str, bundle: &VerifiedBundle, progress: ProgressFn) -> BackendResult<Applied> {
+        // The install runs in a task of its own: a deadline or cancel drops this future, never RAUC's install
+        // half-watched. `revert` waits for the task.
+        let (tx, mut rx) = watch::channel(None);
+        if let Ok(mut r) = self.running.lock() {
+            *r = Some(rx.clone());
+        }
+        let me = self.clone();
+        let (window, bundle) = (window.to_string(), bundle.clone());
+        tokio::spawn(async move {
+            let r = me.install(&window, &bundle, progress).await;
+            if let Err(e) = &r {
+                warn!(version = %bundle.version, error = %e, "A/B install did not complete");
+            }
+            let _ = tx.send(Some(r));
+        });
+        let result = match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => (*r).clone(),
+            Err(_) => None,
+        };
+        result.unwrap_or_else(|| Err(BackendError::new("the install task ended without a result")))
     }
 
     /// `restore` needs nothing here: marking the installed slot bad keeps the committed slot, and with it the
     /// committed image, the one that boots.
     async fn revert(&self, bundle: &VerifiedBundle, _restore: Option<&VerifiedBundle>) -> BackendResult<()> {
-        // An install still running (a restart during it) must end before the slots are touched.
-        let (p, booted) = self.settled_booted().await?;
+        // An install still running (a deadline or cancel during it, or a restart during it) must end before the
+        // slots are touched: this daemon's install task first, then RAUC itself, each within the install limit.
+        self.install_ended().await;
+        let p = self.settled_within(self.limits.install).await?;
+        let booted = self.call("BootSlot", p.boot_slot()).await?;
         let Some(r) = self.load_record()? else {
-            // Nothing of ours was installed (the install failed before it finished): make sure the running slot
-            // stays the one to boot.
+            // Nothing of ours was handed to RAUC (the apply failed before InstallBundle): make sure the running
+            // slot stays the one to boot.
             if self.primary(&p).await?.1.as_deref() != Some(booted.as_str()) {
                 self.mark(&p, "active", "booted").await?;
             }
@@ -304,6 +456,25 @@ impl Patcher for RaucUpdater {
         let version = &r.bundle.version;
         if r.bundle.digest != bundle.digest {
             warn!(recorded = %version, reverting = %bundle.version, "the install record names another bundle");
+        }
+        if !r.finished {
+            // Handed to RAUC, its end never seen (a crash or power loss after InstallBundle, RAUC refusing, or
+            // leaving the bus): the slot may have been written or made primary. Whatever RAUC says now, it must
+            // never boot: it is marked bad below, like an installed slot.
+            let (primary, _) = self.primary(&p).await?;
+            let slots = self.call("GetSlotStatus", p.get_slot_status()).await?;
+            let target = slots.iter().find(|s| s.0 == r.slot);
+            let status = target.and_then(|s| slot_str(s, "boot-status")).unwrap_or_default();
+            let installed = target.and_then(|s| slot_str(s, "bundle.version")).unwrap_or_default();
+            warn!(
+                window = %r.window,
+                version = %version,
+                slot = %r.slot,
+                primary = %primary,
+                boot_status = %status,
+                slot_bundle_version = %installed,
+                "the install into this slot was started and never seen to finish: marking the slot bad"
+            );
         }
         if booted == r.bootname {
             // Running the update: take it out of service, then go back to the slot it came from.
@@ -315,18 +486,29 @@ impl Patcher for RaucUpdater {
         // On the old slot (never rebooted, or came back): the installed slot must not boot again.
         self.mark(&p, "bad", &r.slot).await?;
         self.mark(&p, "active", "booted").await?;
-        info!(version = %version, slot = %r.slot, running = %booted, "A/B update rolled back");
+        info!(
+            version = %version,
+            slot = %r.slot,
+            running = %booted,
+            finished = r.finished,
+            "A/B update rolled back: slot {} marked bad",
+            r.slot
+        );
         self.remove_record()
     }
 
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
         let (p, booted) = self.settled_booted().await?;
         match self.load_record()? {
-            Some(r) if r.bootname == booted => {
+            Some(r) if r.bootname == booted && r.finished => {
                 self.mark(&p, "good", "booted").await?;
                 info!(version = %bundle.version, slot = %r.slot, "A/B update kept: booted slot marked good");
                 self.remove_record()
             }
+            Some(r) if !r.finished => Err(BackendError::new(format!(
+                "not committing {}: its install into slot {} was never seen to finish",
+                bundle.version, r.bootname
+            ))),
             Some(r) => Err(BackendError::new(format!(
                 "not committing {}: the gateway runs slot {booted}, not the updated {}",
                 bundle.version, r.bootname
@@ -337,6 +519,13 @@ impl Patcher for RaucUpdater {
 
     async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
         let Some(r) = self.load_record()? else { return Ok(None) };
+        if !r.finished {
+            // Only a window's rollback settles an install nobody saw end; it is never observed and kept.
+            return Err(BackendError::new(format!(
+                "the install of {} into slot {} (window {}) was never seen to finish and is not rolled back yet",
+                r.bundle.version, r.bootname, r.window
+            )));
+        }
         Ok((self.booted_slot().await? == r.bootname).then_some(r.bundle))
     }
 
@@ -358,5 +547,17 @@ mod tests {
         assert_eq!(unsupported_key(&e).as_deref(), Some("require-manifest-hash"));
         let e = zbus::Error::Failure("Already processing a different method".into());
         assert_eq!(unsupported_key(&e), None);
+    }
+
+    /// A record written by an older otpatchd (only ever after RAUC's Completed) has no `finished`: it was.
+    #[test]
+    fn records_without_finished_were_written_after_the_install() {
+        let old = r#"{"window":"w1","bundle":{"path":"/b.raucb","kind":"ab","compatible":"c","version":"2.1.0",
+            "digest":"d","signer":"s"},"slot":"rootfs.1","bootname":"B","from":"A"}"#;
+        let r: InstallRecord = serde_json::from_str(old).unwrap();
+        assert!(r.finished);
+        let started = InstallRecord { finished: false, ..r };
+        let back: InstallRecord = serde_json::from_str(&serde_json::to_string(&started).unwrap()).unwrap();
+        assert!(!back.finished);
     }
 }
