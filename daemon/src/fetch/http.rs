@@ -1,6 +1,10 @@
 //! The little HTTP/1.1 the patch channel needs: `GET` with an optional `Range`, one request per connection,
-//! bodies delimited by `Content-Length` (static files, as nginx serves them). Header size, body size and every
-//! read are bounded.
+//! bodies delimited by `Content-Length` (static files, as nginx serves them). Header size (each line as it is
+//! read), body size and every read are bounded.
+//!
+//! Kept instead of hyper for now: the channel needs only this, its resume and digest rules are proven against
+//! nginx, and it is one small function. The fleet (DDI) client needs a general HTTP client: that is
+//! when both move to hyper (http1 client) over tokio-rustls, as one stack.
 
 use std::time::Duration;
 
@@ -51,8 +55,11 @@ where
     let mut lines = Vec::new();
     // Bounded by MAX_HEAD bytes.
     loop {
-        let mut line = String::new();
-        let n = tokio::time::timeout(timeout, r.read_line(&mut line))
+        // Each line is read through a limit of what is left of MAX_HEAD (+1 to see it overflow), so a server that
+        // streams one endless line is cut off there, not buffered until the timeout.
+        let mut raw = Vec::new();
+        let left = (MAX_HEAD - head_len) as u64 + 1;
+        let n = tokio::time::timeout(timeout, (&mut r).take(left).read_until(b'\n', &mut raw))
             .await
             .map_err(|_| BackendError::new(format!("no response for {path} within {timeout:?}")))?
             .map_err(|e| BackendError::new(format!("reading the response for {path}: {e}")))?;
@@ -63,6 +70,11 @@ where
         if head_len > MAX_HEAD {
             return Err(BackendError::new(format!("response head for {path} larger than {MAX_HEAD} bytes")));
         }
+        if raw.last() != Some(&b'\n') {
+            return Err(BackendError::new(format!("the server closed the connection inside the head of {path}")));
+        }
+        let line = String::from_utf8(raw)
+            .map_err(|_| BackendError::new(format!("the response head for {path} is not text")))?;
         let line = line.trim_end_matches(['\r', '\n']).to_string();
         if line.is_empty() {
             break;
@@ -173,5 +185,29 @@ mod tests {
         let req = srv.await.unwrap();
         assert!(req.starts_with("GET /b.otb HTTP/1.1\r\nHost: patch.example\r\n"), "{req}");
         assert!(req.contains("Range: bytes=5-\r\n"));
+    }
+
+    #[tokio::test]
+    async fn an_endless_header_line_is_cut_at_the_head_limit() {
+        let (client, mut server) = tokio::io::duplex(8192);
+        let srv = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024];
+            let _ = server.read(&mut buf).await;
+            let _ = server.write_all(b"HTTP/1.1 200 OK\r\nX-Junk: ").await;
+            // A hostile server streams one header line without end (bounded here at 64 MiB).
+            let chunk = vec![b'a'; 8192];
+            let mut sent = 0usize;
+            while sent < 64 << 20 {
+                if server.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+            sent
+        });
+        let e = get(client, "patch.example", "/index.json", None, Duration::from_secs(20)).await.unwrap_err();
+        assert!(e.0.contains("larger than 16384 bytes"), "{e}");
+        let sent = srv.await.unwrap();
+        assert!(sent < 1 << 20, "the client read {sent} bytes of one header line before refusing it");
     }
 }
