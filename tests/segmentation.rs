@@ -122,3 +122,68 @@ fn stopping_the_daemon_mid_window_lifts_segmentation_and_a_restart_segments_agai
     assert!(!ns.segmented());
     assert!(gw.audit_text().contains(r#""kind":"shutdown""#));
 }
+
+impl Netns {
+    fn sh(&self, args: &[&str]) {
+        let st = Command::new("ip").args(["netns", "exec", &self.0]).args(args).status().unwrap();
+        assert!(st.success(), "{args:?}");
+    }
+
+    /// What a crashed otpatchd of either backend leaves: the nftables table and the iptables chains.
+    fn leave_both_backends_behind(&self) {
+        self.sh(&[
+            "nft",
+            "add table inet otpatch; add chain inet otpatch input { type filter hook input priority -10; }",
+        ]);
+        for tool in ["iptables", "ip6tables"] {
+            self.sh(&[tool, "-N", "OTPATCH-INPUT"]);
+            self.sh(&[tool, "-A", "OTPATCH-INPUT", "-j", "DROP"]);
+            self.sh(&[tool, "-I", "INPUT", "1", "-j", "OTPATCH-INPUT"]);
+        }
+    }
+
+    fn iptables_segmented(&self) -> bool {
+        ["iptables", "ip6tables"].iter().any(|tool| {
+            let out = Command::new("ip").args(["netns", "exec", &self.0, tool, "-S"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).contains("OTPATCH")
+        })
+    }
+}
+
+#[test]
+fn a_start_with_a_bad_policy_still_lifts_what_either_backend_left() {
+    let ns = Netns::new("d");
+    ns.leave_both_backends_behind();
+    assert!(ns.segmented() && ns.iptables_segmented());
+    let bus = Bus::start(BusPolicy::Shipped);
+    // A policy edited into something invalid while the window ran.
+    let gw = Gateway::new("[gateway]\nid = \"gw-seg\"\n[segmentation]\nbackend = \"ipchains\"\n");
+    let mut d = Daemon::spawn_full(&bus, &gw, "", "", &[("OTPATCH_REAL_FIREWALL", "1")], Some(&ns.0));
+    let st = d.wait_exit(Duration::from_secs(30));
+    assert!(!st.success(), "the start fails: {}", d.log_text());
+    assert!(d.log_text().contains("policy is invalid"), "{}", d.log_text());
+    assert!(!ns.segmented(), "the nftables table is lifted: {}", d.log_text());
+    assert!(!ns.iptables_segmented(), "the iptables chains are lifted: {}", d.log_text());
+}
+
+#[test]
+fn a_normal_start_lifts_the_other_backends_leftovers_and_the_stop_path_lifts_both() {
+    let ns = Netns::new("e");
+    ns.leave_both_backends_behind();
+    let bus = Bus::start(BusPolicy::Shipped);
+    let gw = Gateway::new(SLOW_POLICY);
+    let d = start(&bus, &gw, &ns, "");
+    assert!(!ns.iptables_segmented(), "chains of the backend the policy does not use are stale: lifted");
+    assert!(!ns.segmented(), "and so is the table of the one it uses");
+    assert!(d.stop().success());
+    // ExecStopPost= of the unit: whatever is left once the daemon is gone, for both backends, without a policy.
+    ns.leave_both_backends_behind();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(bin("otpatchd"))
+        .args(["--root", "/nonexistent", "--lift-segmentation"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!ns.segmented() && !ns.iptables_segmented());
+}

@@ -59,6 +59,10 @@ struct Args {
     /// Validate the policy and exit (0 valid, 1 invalid).
     #[arg(long)]
     check_policy: bool,
+    /// Lift whatever segmentation either backend left (nftables table, iptables chains) and exit; needs no
+    /// policy. The unit's ExecStopPost= runs it, so no stop path leaves the gateway segmented.
+    #[arg(long)]
+    lift_segmentation: bool,
 }
 
 fn init_logging(format: LogFormat) {
@@ -260,17 +264,52 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Whether this daemon drives the real netfilter (production, or the process tests of segmentation).
+fn real_firewall(choice: BackendChoice) -> bool {
+    choice == BackendChoice::Real || std::env::var_os("OTPATCH_REAL_FIREWALL").is_some()
+}
+
+/// Lifts the leftovers of every backend but `keep`, logging what it found.
+async fn lift_leftovers(keep: Option<FirewallBackend>) -> bool {
+    let (done, errors) = firewall::lift_leftovers(keep).await;
+    for d in &done {
+        info!("stale segmentation: {d}");
+    }
+    for e in &errors {
+        error!("stale segmentation could not be lifted: {e}");
+    }
+    errors.is_empty()
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.lift_segmentation {
+        return match lift_leftovers(None).await {
+            true => Ok(()),
+            false => anyhow::bail!("segmentation could not be lifted everywhere (see above)"),
+        };
+    }
     let root = Sysroot::new(&args.root);
     let loader = policy_loader(&root, &args.policy);
     let settings = match loader() {
         Ok(s) => s,
-        Err(errs) => anyhow::bail!("the policy is invalid; fix it and start again:\n{errs}"),
+        Err(errs) => {
+            // A policy edited into something invalid mid-window must not leave the gateway segmented: whatever a
+            // crashed daemon left is lifted before this start gives up.
+            if !args.check_policy && real_firewall(args.backends) {
+                lift_leftovers(None).await;
+            }
+            anyhow::bail!("the policy is invalid; fix it and start again:\n{errs}")
+        }
     };
     if args.check_policy {
         println!("policy OK: {} files", settings.sources.len());
         return Ok(());
     }
+    let in_use = if real_firewall(args.backends) {
+        Some(firewall::detect(settings.segmentation.backend, &["nft".to_string()]).await)
+    } else {
+        None
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let initial = backends(args.backends, &settings, &root, clock.clone()).await?;
     let choice = args.backends;
@@ -282,9 +321,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let failpoints = Failpoints::from_env().map_err(anyhow::Error::msg)?;
     let gateway = settings.gateway.id.clone();
 
-    // Recover before serving: the journal decides what an interrupted window becomes.
-    let (orch, handle, commands) =
-        Orchestrator::start(&root, settings, loader, initial, failpoints).await.context("recovering state")?;
+    // Recover before serving: the journal decides what an interrupted window becomes. The backend this daemon
+    // drives is recovered by the journal; the other one's leftovers are always stale.
+    if let Some(backend) = in_use {
+        lift_leftovers(Some(backend)).await;
+    }
+    let (orch, handle, commands) = match Orchestrator::start(&root, settings, loader, initial, failpoints).await {
+        Ok(started) => started,
+        Err(e) => {
+            if in_use.is_some() {
+                lift_leftovers(None).await;
+            }
+            return Err(e.context("recovering state"));
+        }
+    };
     let orch = orch.with_rebuild(factory);
     info!(gateway = %gateway, state = orch.state().name(), "state recovered");
 
@@ -335,15 +385,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     });
-    if let Some(period) = sd_notify::watchdog_enabled() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tick.tick().await;
+    // The watchdog is pinged by the orchestrator's loop itself (not a task of its own that would ping whatever
+    // the loop does).
+    let orch = match sd_notify::watchdog_enabled() {
+        Some(period) => orch.with_watchdog(
+            period,
+            Arc::new(|| {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        });
-    }
+            }),
+        ),
+        None => orch,
+    };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     info!(bus_name = BUS_NAME, "ready");
     orch.run(commands, shutdown).await;

@@ -178,7 +178,12 @@ pub struct Orchestrator {
     /// A reload came while a window was under way: rebuild when it ends.
     rebuild_pending: bool,
     sysroot: Sysroot,
+    /// systemd's watchdog: its period and the ping, sent by the loop itself (see [`Self::with_watchdog`]).
+    watchdog: Option<(Duration, Watchdog)>,
 }
+
+/// Tells systemd the daemon is alive (`WATCHDOG=1`).
+pub type Watchdog = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -277,6 +282,7 @@ impl Orchestrator {
             rebuild: None,
             rebuild_pending: false,
             sysroot: sysroot.clone(),
+            watchdog: None,
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
         me.set_access_group();
@@ -305,6 +311,14 @@ impl Orchestrator {
     /// Backends are rebuilt from the new policy on reload (immediately, or when the window under way ends).
     pub fn with_rebuild(mut self, factory: BackendFactory) -> Self {
         self.rebuild = Some(factory);
+        self
+    }
+
+    /// Pings systemd's watchdog from the event loop, every half `period`: only a loop that still turns pings, so a
+    /// wedged loop (a handler that never returns) gets the daemon restarted by systemd. Every wait of the loop
+    /// is bounded, and blocking work runs off it, so a healthy loop always comes round in time.
+    pub fn with_watchdog(mut self, period: Duration, ping: Watchdog) -> Self {
+        self.watchdog = Some((period, ping));
         self
     }
 
@@ -460,6 +474,11 @@ impl Orchestrator {
     /// Runs until `shutdown` resolves; then lifts segmentation (the unit's stop path) and returns.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut dog = self.watchdog.clone().map(|(period, ping)| {
+            let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (tick, ping)
+        });
         // Each turn handles one thing; every wait is bounded by a timer, a command or an action finishing.
         loop {
             if self.rebuild_pending && !self.state.in_progress() {
@@ -481,9 +500,22 @@ impl Orchestrator {
                     None => std::future::pending().await,
                 }
             };
+            let bark = async {
+                match dog.as_mut() {
+                    Some((tick, _)) => {
+                        tick.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                _ = bark => {
+                    if let Some((_, ping)) = &dog {
+                        ping();
+                    }
+                }
                 ev = inflight => {
                     self.inflight = None;
                     self.feed(ev).await;

@@ -90,16 +90,17 @@ impl IptablesFirewall {
         s
     }
 
-    /// Built-in chains that already jump to ours, and whether our chains exist, from `iptables -S`.
-    async fn state(&self, tool: &str) -> BackendResult<(Vec<&'static str>, bool)> {
+    /// Built-in chains that already jump to ours, and which of our chains exist, from `iptables -S`.
+    async fn state(&self, tool: &str) -> BackendResult<(Vec<&'static str>, Vec<&'static str>)> {
         let text = run(&self.cmd(tool), &["-S"], None).await?;
-        let exists = text.lines().any(|l| l.trim() == "-N OTPATCH-INPUT");
+        let existing =
+            CHAINS.iter().filter(|(_, c)| text.lines().any(|l| l.trim() == format!("-N {c}"))).map(|(_, c)| *c);
         let hooked = CHAINS
             .iter()
             .filter(|(b, c)| text.lines().any(|l| l.trim() == format!("-A {b} -j {c}")))
             .map(|(b, _)| *b)
             .collect();
-        Ok((hooked, exists))
+        Ok((hooked, existing.collect()))
     }
 
     async fn dropped(&self, tool: &str) -> BackendResult<u64> {
@@ -116,22 +117,21 @@ impl IptablesFirewall {
 
     async fn lift_family(&self, v6: bool) -> BackendResult<Option<u64>> {
         let tool = if v6 { &self.v6 } else { &self.v4 };
-        let (hooked, exists) = self.state(tool).await?;
-        if !exists && hooked.is_empty() {
+        let (hooked, existing) = self.state(tool).await?;
+        if existing.is_empty() && hooked.is_empty() {
             return Ok(None);
         }
-        let dropped = if exists { self.dropped(tool).await? } else { 0 };
+        let dropped = if existing.is_empty() { 0 } else { self.dropped(tool).await? };
         let mut s = String::from("*filter\n");
         for (builtin, chain) in CHAINS {
             if hooked.contains(&builtin) {
                 let _ = writeln!(s, "-D {builtin} -j {chain}");
             }
         }
-        if exists {
-            for (_, chain) in CHAINS {
-                let _ = writeln!(s, "-F {chain}");
-                let _ = writeln!(s, "-X {chain}");
-            }
+        // Only the chains that exist: a leftover of a crash may be partial.
+        for chain in existing {
+            let _ = writeln!(s, "-F {chain}");
+            let _ = writeln!(s, "-X {chain}");
         }
         s.push_str("COMMIT\n");
         run(&self.cmd(&format!("{tool}-restore")), &["--noflush"], Some(&s)).await?;
@@ -198,8 +198,8 @@ impl Firewall for IptablesFirewall {
     }
 
     async fn active(&self) -> BackendResult<bool> {
-        let (hooked, exists) = self.state(&self.v4).await?;
-        Ok(exists || !hooked.is_empty())
+        let (hooked, existing) = self.state(&self.v4).await?;
+        Ok(!existing.is_empty() || !hooked.is_empty())
     }
 
     async fn inspect(&self) -> BackendResult<Option<FirewallView>> {

@@ -216,6 +216,33 @@ pub(crate) async fn run(argv: &[String], extra: &[&str], input: Option<&str>) ->
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Lifts what either backend may have left behind (a daemon that crashed mid-window, a policy that switched
+/// backends, a start that failed): `table inet otpatch` and the `OTPATCH-*` chains of iptables and ip6tables,
+/// except `keep` (the backend this daemon drives itself, whose recovery decides). A tool that is not installed
+/// is skipped. Returns what it did, one line each, and the errors of tools that are installed.
+pub async fn lift_leftovers(keep: Option<FirewallBackend>) -> (Vec<String>, Vec<String>) {
+    use crate::backend::Firewall;
+    let (mut done, mut errors) = (Vec::new(), Vec::new());
+    let nft = nft::NftFirewall::new(vec!["nft".into()]);
+    let ipt = iptables::IptablesFirewall::new(Vec::new(), "iptables", "ip6tables");
+    let both: [(FirewallBackend, &dyn Firewall); 2] =
+        [(FirewallBackend::Nftables, &nft), (FirewallBackend::Iptables, &ipt)];
+    for (which, fw) in both {
+        if keep == Some(which) {
+            continue;
+        }
+        let name = if which == FirewallBackend::Nftables { "nftables" } else { "iptables" };
+        match fw.lift().await {
+            Ok(r) if r.was_active => done.push(format!("{name}: lifted ({} packets dropped)", r.dropped_packets)),
+            Ok(_) => done.push(format!("{name}: nothing left")),
+            // The tool is not installed: nothing of this backend can be in place.
+            Err(e) if e.0.starts_with("cannot run ") => done.push(format!("{name}: not installed")),
+            Err(e) => errors.push(format!("{name}: {e}")),
+        }
+    }
+    (done, errors)
+}
+
 /// Picks the backend: the policy's choice, or with `auto` nftables when `nft` answers, else iptables.
 pub async fn detect(choice: FirewallBackend, nft_argv: &[String]) -> FirewallBackend {
     match choice {
