@@ -114,6 +114,8 @@ pub enum Reason {
     RollbackFailed(String),
     /// The gateway came back from the update's reboot on the old slot (the bootloader fell back).
     BootFallback(String),
+    /// A transition could not be written to the journal: nothing goes on without it on disk.
+    Journal(String),
 }
 
 impl fmt::Display for Reason {
@@ -133,6 +135,7 @@ impl fmt::Display for Reason {
             Reason::Interrupted => f.write_str("daemon restarted while the change was in place"),
             Reason::RollbackFailed(m) => write!(f, "rollback failed: {m}"),
             Reason::BootFallback(slot) => write!(f, "the gateway came back on slot {slot}, not the updated one"),
+            Reason::Journal(m) => write!(f, "journal write failed: {m}"),
         }
     }
 }
@@ -289,6 +292,10 @@ pub enum Event {
     },
     Lifted,
     LiftFailed {
+        error: String,
+    },
+    /// The journal could not record the state just entered: its driving action must not run.
+    JournalFailed {
         error: String,
     },
     /// The window's hard end passed.
@@ -545,6 +552,7 @@ impl Event {
             Event::RollbackFailed { .. } => "rollback-failed",
             Event::Lifted => "lifted",
             Event::LiftFailed { .. } => "lift-failed",
+            Event::JournalFailed { .. } => "journal-failed",
             Event::Deadline => "deadline",
             Event::Cancel { .. } => "cancel",
             Event::RollbackRequested { .. } => "rollback-requested",
@@ -727,6 +735,11 @@ impl Engine {
                 E::Cancel { uid },
             )
             | (S::Verified { window, .. }, E::Cancel { uid }) => fail(window, Reason::Cancelled(*uid)),
+            (
+                S::Arming { window } | S::Armed { window } | S::Segmented { window } | S::Fetched { window, .. },
+                E::JournalFailed { error },
+            )
+            | (S::Verified { window, .. }, E::JournalFailed { error }) => fail(window, Reason::Journal(error.clone())),
 
             // From the apply request on, the change may be in place: every way out goes through RollingBack.
             (S::Checkpointed { window, bundle, checkpoint }, E::ApplyStarted) => {
@@ -804,6 +817,27 @@ impl Engine {
                 | S::Observing { window, bundle, checkpoint },
                 E::RollbackRequested { uid },
             ) => rollback(window, bundle, checkpoint, Reason::OperatorRollback(*uid)),
+            // From the checkpoint on (the apply may be under way), and a commit that could not be recorded: back.
+            (
+                S::Checkpointed { window, bundle, checkpoint }
+                | S::Applying { window, bundle, checkpoint }
+                | S::Rebooting { window, bundle, checkpoint, .. }
+                | S::Observing { window, bundle, checkpoint }
+                | S::Committed { window, bundle, checkpoint },
+                E::JournalFailed { error },
+            ) => rollback(window, bundle, checkpoint, Reason::Journal(error.clone())),
+            // Finishing states go on (their work is to end the window: lift, roll back); there is nothing to stop.
+            (
+                S::Idle
+                | S::Scheduled { .. }
+                | S::Staged { .. }
+                | S::UpToDate { .. }
+                | S::RollingBack { .. }
+                | S::RolledBack { .. }
+                | S::Failed { .. }
+                | S::Closed { .. },
+                E::JournalFailed { .. },
+            ) => state.clone(),
 
             (S::RollingBack { window, reason, .. }, E::RolledBack) => {
                 S::RolledBack { window: window.clone(), reason: reason.clone() }

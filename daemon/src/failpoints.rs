@@ -2,7 +2,8 @@
 //! daemon crashes (SIGKILL to itself, as a power cut or OOM kill would) or fails an action.
 //!
 //! Syntax: comma-separated `<point>=<crash|error>`. Points: `journal:<state>` (right after a state is journaled,
-//! before its actions run), `action:<action>` (before an action runs) and `rauc:completed` (the A/B updater, right
+//! before its actions run), `journal-write:<state>` (the journal write of that state fails, as on ENOSPC or a
+//! read-only remount), `action:<action>` (before an action runs) and `rauc:completed` (the A/B updater, right
 //! after RAUC reported the end of an install, before anything else), e.g.
 //! `OTPATCH_FAILPOINTS=journal:applying=crash`. Without the feature nothing is read and nothing fires.
 

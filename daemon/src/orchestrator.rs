@@ -346,9 +346,10 @@ impl Orchestrator {
         let open = self.state.window().is_some_and(|w| w.start <= now && now < w.end);
         let before = self.state.clone();
         let (next, actions) = self.engine.recover(&before, open);
+        let mut journaled = Ok(());
         if next != before {
             info!(from = before.name(), to = next.name(), window_open = open, "recovering interrupted window");
-            self.enter(next, "recover");
+            journaled = self.enter(next, "recover");
         }
         if before.in_progress() {
             self.audit_log(
@@ -357,6 +358,15 @@ impl Orchestrator {
                 None,
                 serde_json::json!({"journal_state": before.name(), "resumed_as": self.state.name(), "window_open": open}),
             );
+        }
+        if let Err(error) = journaled {
+            // As in feed: no action of a state that is not on disk.
+            let stop = Event::JournalFailed { error };
+            if matches!(self.engine.step(&self.state, &stop), Ok((s, _)) if s != self.state) {
+                self.feed(stop).await;
+                self.publish();
+                return;
+            }
         }
         if let Some(ev) = self.run_actions(actions).await {
             self.feed(ev).await;
@@ -636,8 +646,18 @@ impl Orchestrator {
             };
             self.note_event(&ev);
             if next != self.state {
-                self.enter(next, ev.name());
+                let journaled = self.enter(next, ev.name());
                 self.sync_health_watch().await;
+                if let Err(error) = journaled {
+                    // Write-ahead is a rule: the state's actions do not run without its transition on disk. The
+                    // engine says where that leads (failed before the checkpoint, rolling back from it on); a
+                    // finishing state goes on with its own actions.
+                    let stop = Event::JournalFailed { error };
+                    if matches!(self.engine.step(&self.state, &stop), Ok((s, _)) if s != self.state) {
+                        pending = Some(stop);
+                        continue;
+                    }
+                }
             }
             pending = self.run_actions(actions).await;
         }
@@ -704,10 +724,15 @@ impl Orchestrator {
     }
 
     /// Moves to `next`: journal first (write-ahead), then audit, notify, and drop what the old state waited for.
-    fn enter(&mut self, next: State, event: &str) {
+    /// `Err` (with the reason) when the journal could not record it: the caller must not run its actions.
+    fn enter(&mut self, next: State, event: &str) -> Result<(), String> {
         let now = self.now();
-        if let Err(e) = self.journal.record(&next, now) {
-            // Without the journal a crash could lose track of the change: say so loudly, keep going.
+        let journaled = match self.failpoints.hit(&format!("journal-write:{}", next.name())) {
+            Err(e) => Err(e),
+            Ok(()) => self.journal.record(&next, now).map(|_| ()).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = &journaled {
+            // Without the journal a crash could lose track of the change: say so loudly, and stop (see feed).
             error!(error = %e, state = next.name(), "journal write failed");
             self.status.send_modify(|s| s.last_error = format!("journal write failed: {e}"));
         }
@@ -755,6 +780,7 @@ impl Orchestrator {
             warn!(error = %e, "failpoint");
         }
         self.publish();
+        journaled
     }
 
     /// Runs effects inline and starts the driving action. Returns an event to feed at once, if any.

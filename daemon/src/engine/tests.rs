@@ -401,6 +401,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         Just(Event::Deadline),
         Just(Event::Cancel { uid: 1000 }),
         Just(Event::RollbackRequested { uid: 0 }),
+        Just(Event::JournalFailed { error: "e".into() }),
     ]
 }
 

@@ -621,3 +621,42 @@ async fn the_watchdog_is_pinged_by_the_loop_and_only_while_it_turns() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(pings.load(std::sync::atomic::Ordering::SeqCst), turning);
 }
+
+/// A journal write that fails (ENOSPC, a read-only remount) stops the window before the driving action of the
+/// state it could not record: before the checkpoint the window fails, from it on it rolls back.
+#[cfg(feature = "failpoints")]
+#[tokio::test(start_paused = true)]
+async fn a_failed_journal_write_stops_the_window_before_its_next_driving_action() {
+    // (state whose journal write fails, the call that must not happen, how the window ends)
+    let cases = [
+        ("armed", "firewall.apply", "failed: journal"),
+        ("segmented", "fetch", "failed: journal"),
+        ("fetched", "verify", "failed: journal"),
+        ("verified", "checkpoint.dump", "failed: journal"),
+        ("checkpointed", "livepatch.apply", "rolled-back: journal"),
+        ("observing", "health.observe", "rolled-back: journal"),
+        ("committed", "livepatch.commit", "rolled-back: journal"),
+    ];
+    for (state, never, outcome) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let world = FakeWorld::in_memory(FakeScript::default());
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+        let loader: PolicyLoader = Arc::new(|| Ok(settings("")));
+        let failpoints = Failpoints::parse(&format!("journal-write:{state}=error")).unwrap();
+        let (orch, handle, rx) =
+            Orchestrator::start(&Sysroot::new(dir.path()), settings(""), loader, world.backends(clock), failpoints)
+                .await
+                .unwrap();
+        let task = tokio::spawn(orch.run(rx, std::future::pending()));
+        let r = Running { handle, task, stop: None };
+        let mut notices = r.handle.notices.subscribe();
+        r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+        let got = r.completed(&mut notices).await;
+        assert!(got.starts_with(outcome), "{state}: {got}");
+        let w = world.snapshot();
+        assert!(!w.calls.iter().any(|c| c.starts_with(never)), "{state}: {never} ran: {:?}", w.calls);
+        assert!(!w.segmentation_active, "{state}: lifted");
+        assert!(w.committed.is_empty() && w.applied.is_empty(), "{state}: nothing kept: {w:?}");
+        r.task.abort();
+    }
+}
