@@ -24,25 +24,35 @@ pub struct Stat {
     pub session: i32,
     /// The controlling terminal's device number; 0 when there is none.
     pub tty_nr: i64,
+    /// When the process started, in clock ticks after boot (field 22, `starttime`): with the pid, the
+    /// process's identity within a boot (a reused pid has a later start time).
+    pub starttime: u64,
 }
 
-/// Parses `/proc/PID/stat`. The command name sits in parentheses and may itself hold spaces and `)`.
+/// Parses `/proc/PID/stat`. The command name sits in parentheses and may itself hold spaces, `(` and `)`:
+/// it ends at the last `)`. `None` for anything else (never a panic).
 pub fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // After the name: state ppid pgrp session tty_nr ...
-    let state = rest.first()?.chars().next()?;
+    let pid = text.get(..open)?.trim().parse().ok()?;
+    let comm = text.get(open.checked_add(1)?..close)?.to_string();
+    let rest: Vec<&str> = text.get(close.checked_add(1)?..)?.split_whitespace().collect();
+    // After the name, from field 3: state ppid pgrp session tty_nr ... starttime (field 22).
+    let field = |n: usize| rest.get(n.checked_sub(3)?).copied();
+    let mut state = field(3)?.chars();
+    let st = state.next()?;
+    if state.next().is_some() {
+        return None;
+    }
     Some(Stat {
         pid,
         comm,
-        state,
-        ppid: rest.get(1)?.parse().ok()?,
-        pgrp: rest.get(2)?.parse().ok()?,
-        session: rest.get(3)?.parse().ok()?,
-        tty_nr: rest.get(4)?.parse().ok()?,
+        state: st,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        tty_nr: field(7)?.parse().ok()?,
+        starttime: field(22)?.parse().ok()?,
     })
 }
 
@@ -79,6 +89,8 @@ pub struct Tree {
     pub exe: PathBuf,
     /// Every task of the tree, the root first.
     pub pids: Vec<i32>,
+    /// The start time of each task (`Stat::starttime`), in the order of `pids`.
+    pub start_times: Vec<u64>,
     /// Resident memory of the whole tree (sum of `VmRSS`), bytes.
     pub rss: u64,
     pub tcp: Vec<TcpConn>,
@@ -244,6 +256,9 @@ impl Procfs {
         }
         let stats: Vec<Stat> =
             pids.iter().filter_map(|&p| if p == pid { Some(root.clone()) } else { self.stat(p) }).collect();
+        // A task that exited since the scan is left out of the tree.
+        let pids: Vec<i32> = stats.iter().map(|s| s.pid).collect();
+        let start_times: Vec<u64> = stats.iter().map(|s| s.starttime).collect();
         let in_tree: BTreeSet<i32> = pids.iter().copied().collect();
 
         for s in &stats {
@@ -281,7 +296,7 @@ impl Procfs {
         }
         let rss = pids.iter().map(|&p| self.rss(p)).sum();
         let tcp = self.tcp_connections(&pids);
-        Ok(Tree { root, exe, pids, rss, tcp })
+        Ok(Tree { root, exe, pids, start_times, rss, tcp })
     }
 
     /// The TCP connections (not listeners) whose sockets the tasks hold, from each task's `/proc/PID/net/tcp*`

@@ -26,6 +26,21 @@ const STATS: [u8; 49] = [
 const COMMON_MAGIC: [u8; 4] = [0x19, 0x43, 0x56, 0x54];
 const INVENTORY_MAGIC: [u8; 4] = [0x16, 0x31, 0x31, 0x58];
 
+/// The start time (clock ticks after boot) of the fake processes.
+const START: u64 = 81_234;
+/// What the kernel prints: the command name (15 bytes at most) may hold spaces and parentheses.
+const COMM: &str = "soft) plc (rt";
+
+/// A `/proc/PID/stat` line as Linux 6.1 writes it (52 fields; field 22 is the start time).
+fn stat_line(pid: i32, state: char, ppid: i32, pgrp: i32, sid: i32, tty: i64, start: u64) -> String {
+    format!(
+        "{pid} ({COMM}) {state} {ppid} {pgrp} {sid} {tty} -1 4194560 1523 0 12 0 37 21 0 0 20 0 2 0 {start} \
+         12951552 1043 18446744073709551615 94251337162752 94251337418641 140726403536336 0 0 0 0 4096 16386 0 0 0 \
+         17 1 0 0 0 0 0 94251337500144 94251337510912 94251354619904 140726403541751 140726403541771 \
+         140726403541771 140726403543018 0\n"
+    )
+}
+
 /// A fake machine: `root/` is the sysroot, `criu` the fake CRIU, `calls` what it was asked.
 struct World {
     dir: tempfile::TempDir,
@@ -86,14 +101,21 @@ impl World {
         fs::create_dir_all(d.join("fd")).unwrap();
         fs::create_dir_all(d.join("ns")).unwrap();
         fs::create_dir_all(d.join("net")).unwrap();
-        fs::write(d.join("stat"), format!("{pid} (soft plc) {state} {ppid} {pgrp} {sid} {tty} -1 4194304 0 0\n"))
-            .unwrap();
+        fs::write(d.join("stat"), stat_line(pid, state, ppid, pgrp, sid, tty, START)).unwrap();
         fs::write(d.join("status"), format!("Name:\tsoftplc\nVmRSS:\t {rss_kb} kB\nThreads:\t2\n")).unwrap();
         let _ = fs::remove_file(d.join("exe"));
         symlink(exe, d.join("exe")).unwrap();
         let _ = symlink("mnt:[4026531841]", d.join("ns/mnt"));
         let _ = symlink("pid:[4026531836]", d.join("ns/pid"));
         self.fd(pid, 0, "/dev/null");
+    }
+
+    /// Gives a fake process another start time (what a new process holding a reused pid has).
+    fn restarted(&self, pid: i32, start: u64) {
+        let p = self.proc_dir().join(format!("{pid}/stat"));
+        let stat = parse_stat(&fs::read_to_string(&p).unwrap()).unwrap();
+        let line = stat_line(pid, stat.state, stat.ppid, stat.pgrp, stat.session, stat.tty_nr, start);
+        fs::write(p, line).unwrap();
     }
 
     fn fd(&self, pid: i32, fd: u32, target: &str) {
@@ -186,7 +208,9 @@ exit 0
                 let d = procdir.join(pid.to_string());
                 if *zombie.lock().unwrap() {
                     let stat = fs::read_to_string(d.join("stat"))?;
-                    fs::write(d.join("stat"), stat.replacen(" S ", " Z ", 1))?;
+                    let close = stat.rfind(')').unwrap();
+                    let (comm, rest) = stat.split_at(close);
+                    fs::write(d.join("stat"), format!("{comm}{}", rest.replacen(" S ", " Z ", 1)))?;
                     return Ok(());
                 }
                 fs::rename(&d, procdir.join(format!(".dead-{pid}")))
@@ -228,12 +252,27 @@ fn err<T: fmt::Debug>(r: BackendResult<T>) -> String {
 
 #[test]
 fn stat_parsing_survives_odd_command_names() {
-    let s = parse_stat("42 (a (weird) name) S 1 42 42 34816 -1 4194560 0").unwrap();
+    let s = parse_stat(&stat_line(42, 'S', 1, 42, 42, 34816, 777_001)).unwrap();
     assert_eq!(
-        (s.pid, s.comm.as_str(), s.state, s.ppid, s.pgrp, s.session, s.tty_nr),
-        (42, "a (weird) name", 'S', 1, 42, 42, 34816)
+        (s.pid, s.comm.as_str(), s.state, s.ppid, s.pgrp, s.session, s.tty_nr, s.starttime),
+        (42, COMM, 'S', 1, 42, 42, 34816, 777_001)
     );
-    assert!(parse_stat("garbage").is_none());
+    // A name that looks like the fields after it: only the last `)` ends it.
+    let s = parse_stat("7 (x) S 1 2 3 0 9) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0\n").unwrap();
+    assert_eq!((s.comm.as_str(), s.state, s.ppid, s.starttime), ("x) S 1 2 3 0 9", 'R', 1, 99));
+    for bad in [
+        "garbage",
+        "",
+        ")(",
+        "42 (plc) S 1 42 42 0",                                    // cut before the start time
+        "42 (plc) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 -5 0", // a negative start time
+        "42 (plc) SS 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0",
+        "x42 (plc) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0",
+        "4\u{e9}2 (pl\u{e9}) \u{e9} 1",
+        "42 (plc)",
+    ] {
+        assert!(parse_stat(bad).is_none(), "{bad:?}");
+    }
 }
 
 #[test]
@@ -330,7 +369,7 @@ async fn preflight_refuses_a_process_holding_a_terminal() {
     w.process(310, 'S', 300, 300, 300, 0, "/bin/sh", 100);
     w.fd(310, 2, "/dev/ttyS0");
     let e = err(c.preflight().await);
-    assert!(e.contains("its child 310 (soft plc) holds a terminal (fd 2 -> /dev/ttyS0)"), "{e}");
+    assert!(e.contains("its child 310 (soft) plc (rt) holds a terminal (fd 2 -> /dev/ttyS0)"), "{e}");
 }
 
 #[tokio::test]
@@ -580,6 +619,47 @@ async fn restore_never_stops_an_unrelated_process_holding_the_pid() {
     let e = err(c.restore(&cp).await);
     assert!(e.contains("pid 300 now runs /usr/sbin/sshd, not /usr/bin/softplc"), "{e}");
     assert!(w.killed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn restore_never_kills_a_new_process_of_the_same_executable_on_the_pid() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    // The PLC died in the window, pid 300 was reused by another softplc started later.
+    w.restarted(300, START + 5000);
+    let e = err(c.restore(&cp).await);
+    assert!(
+        e.contains(&format!(
+            "pid 300 was reused: the checkpointed process started at {START} (clock ticks after boot), the one \
+             running now at {}",
+            START + 5000
+        )) && e.contains("not stopped"),
+        "{e}"
+    );
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert_eq!(w.calls().len(), 1, "only the dump ran");
+}
+
+#[tokio::test]
+async fn a_manifest_without_start_time_never_stops_a_running_pid() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    let dir = w.images().join("w-5/plc");
+    let mut m = Manifest::load(&dir).unwrap();
+    assert_eq!(m.start_time, Some(START));
+    // What an older otpatchd wrote: no start_time key.
+    m.start_time = None;
+    let mut json: serde_json::Value = serde_json::to_value(&m).unwrap();
+    json.as_object_mut().unwrap().remove("start_time");
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains("records no start time") && e.contains("not stopped"), "{e}");
+    assert!(w.killed.lock().unwrap().is_empty());
+    // Once the pid is free there is nothing to mistake: the set is restored.
+    fs::rename(w.proc_dir().join("300"), w.proc_dir().join(".dead-300")).unwrap();
+    c.restore(&cp).await.unwrap();
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert!(Procfs::new(w.root()).alive(300));
 }
 
 #[tokio::test]
