@@ -33,11 +33,14 @@
 //!   images' file system is checked against the trees' resident memory, then each process is dumped with
 //!   `--leave-running` (after a `pre-dump --track-mem` when the policy asks, so the final freeze copies only
 //!   the pages dirtied since) into `<state>/checkpoints/<window>/<process>/`, and `manifest.json` records
-//!   the pid and its start time, the executable, the boot id, CRIU's freeze times and every image file's size and hash.
+//!   the pid and its start time, the executable, the boot id, CRIU's freeze times and every image file's size
+//!   and hash.
 //! - **Restore** (rollback): every set is validated first (manifest, files, sizes, hashes); only then is each
-//!   process stopped, only while its pid has the recorded start time and executable (SIGKILL, bounded wait for its pid to be free) and restored detached with the same pid
-//!   (`criu restore -d`), then confirmed alive running the same executable. A set from another boot (an A/B
-//!   reboot happened) is not restored: the boot restarted the processes.
+//!   process stopped, and only while its pid has the recorded start time and executable: each task is opened
+//!   as a pidfd, its start time checked again, and SIGKILL goes through the pidfd (a pid reused in between
+//!   is never signalled). Then a bounded wait for its pids to be free, and it is restored detached with the
+//!   same pid (`criu restore -d`), then confirmed alive running the same executable. A set from another boot
+//!   (an A/B reboot happened) is not restored: the boot restarted the processes.
 //! - **Discard** (after a commit): the window's set is removed.
 
 pub mod cli;
@@ -112,8 +115,32 @@ impl UnitResolver for SystemdUnits {
 
 /// Free bytes for images in a directory.
 pub type SpaceFn = Arc<dyn Fn(&Path) -> io::Result<u64> + Send + Sync>;
-/// Sends SIGKILL to a pid.
-pub type KillFn = Arc<dyn Fn(i32) -> io::Result<()> + Send + Sync>;
+/// A process opened for signalling: a pidfd, which keeps naming the process it was opened on even when
+/// that process exits and its pid is reused.
+pub trait Pidfd: Send {
+    /// SIGKILL to the process (`pidfd_send_signal`); `ESRCH` once it has exited.
+    fn kill(&self) -> io::Result<()>;
+}
+
+/// Opens a pid for signalling (`pidfd_open`); `ESRCH` when no process has it.
+pub type OpenFn = Arc<dyn Fn(i32) -> io::Result<Box<dyn Pidfd>> + Send + Sync>;
+
+/// A kernel pidfd.
+struct KernelPidfd(std::os::fd::OwnedFd);
+
+impl Pidfd for KernelPidfd {
+    fn kill(&self) -> io::Result<()> {
+        use rustix::process::{pidfd_send_signal, Signal};
+        pidfd_send_signal(&self.0, Signal::KILL).map_err(io::Error::from)
+    }
+}
+
+/// `pidfd_open(2)` (Linux 5.3).
+fn open_pidfd(pid: i32) -> io::Result<Box<dyn Pidfd>> {
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(Box::new(KernelPidfd(pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)?)))
+}
 
 /// How the checkpointer reaches CRIU, the images and the processes.
 #[derive(Clone)]
@@ -128,7 +155,8 @@ pub struct CriuConfig {
     pub stop_timeout: Duration,
     pub units: Arc<dyn UnitResolver>,
     pub space: SpaceFn,
-    pub kill: KillFn,
+    /// How the processes a restore replaces are opened to be signalled.
+    pub open: OpenFn,
 }
 
 impl fmt::Debug for CriuConfig {
@@ -144,7 +172,7 @@ impl fmt::Debug for CriuConfig {
 
 impl CriuConfig {
     /// The production set-up: `criu` on `PATH`, images under the state directory, systemd over D-Bus,
-    /// statvfs, kill(2).
+    /// statvfs, pidfds.
     pub fn new(root: &Sysroot) -> Self {
         CriuConfig {
             criu: PathBuf::from("criu"),
@@ -153,10 +181,7 @@ impl CriuConfig {
             stop_timeout: Duration::from_secs(10),
             units: Arc::new(SystemdUnits),
             space: Arc::new(images::available_space),
-            kill: Arc::new(|pid| {
-                use nix::sys::signal::{kill, Signal};
-                kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).map_err(io::Error::from)
-            }),
+            open: Arc::new(open_pidfd),
         }
     }
 }
@@ -330,12 +355,26 @@ impl CriuCheckpointer {
             }
         }
         let mut stopped = Vec::new();
+        // Each task is opened (a pidfd), then its start time checked again: a pidfd names one process for
+        // good, so a process with the recorded start time after the open is the one the pidfd signals; a pid
+        // reused before the open shows another start time, one reused after it leaves the pidfd on the exited
+        // task (ESRCH). The root comes first: a refusal stops nothing.
         for &(pid, start) in &victims {
-            // Immediately before the signal: a task that exited since is not signalled under a reused pid.
-            if self.procfs.stat(pid).map(|s| s.starttime) != Some(start) {
-                continue;
+            let fd = match (self.cfg.open)(pid) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => continue,
+                Err(e) => return Err(BackendError::new(format!("{who}: cannot open pid {pid} (pidfd_open): {e}"))),
+            };
+            match self.procfs.stat(pid).map(|s| s.starttime) {
+                Some(now) if now == start => {}
+                Some(now) if pid == m.pid => {
+                    self.same_process(name, m, now)?;
+                    continue;
+                }
+                // A child that exited since the tree was read; whatever holds its pid now is not signalled.
+                _ => continue,
             }
-            match (self.cfg.kill)(pid) {
+            match fd.kill() {
                 Ok(()) => stopped.push(pid),
                 Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
                 Err(e) => return Err(BackendError::new(format!("{who}: cannot stop pid {pid}: {e}"))),

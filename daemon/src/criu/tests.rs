@@ -2,6 +2,7 @@
 //! lines and writes image files). The real CRIU runs in the QEMU guest (`hil/`, scenario otpatchd-criu).
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,33 @@ struct World {
     space: Arc<Mutex<u64>>,
     zombie_on_kill: Arc<Mutex<bool>>,
     main_pid: Arc<Mutex<Result<u32, String>>>,
+    /// The start time a process gets the moment its pidfd is opened: the pid reused right before the open.
+    reuse_on_open: Arc<Mutex<Option<u64>>>,
+    opened: Arc<Mutex<Vec<i32>>>,
+}
+
+/// The fake pidfd: SIGKILL removes the process from the fake /proc (or makes it a zombie).
+struct FakePidfd {
+    pid: i32,
+    procdir: PathBuf,
+    killed: Arc<Mutex<Vec<i32>>>,
+    zombie: Arc<Mutex<bool>>,
+}
+
+impl Pidfd for FakePidfd {
+    fn kill(&self) -> io::Result<()> {
+        let pid = self.pid;
+        self.killed.lock().unwrap().push(pid);
+        let d = self.procdir.join(pid.to_string());
+        if *self.zombie.lock().unwrap() {
+            let stat = fs::read_to_string(d.join("stat"))?;
+            let close = stat.rfind(')').unwrap();
+            let (comm, rest) = stat.split_at(close);
+            fs::write(d.join("stat"), format!("{comm}{}", rest.replacen(" S ", " Z ", 1)))?;
+            return Ok(());
+        }
+        fs::rename(&d, self.procdir.join(format!(".dead-{pid}")))
+    }
 }
 
 struct FakeUnits(Arc<Mutex<Result<u32, String>>>);
@@ -68,6 +96,8 @@ impl World {
             space: Arc::new(Mutex::new(1 << 40)),
             zombie_on_kill: Arc::default(),
             main_pid: Arc::new(Mutex::new(Ok(0))),
+            reuse_on_open: Arc::default(),
+            opened: Arc::default(),
         };
         fs::create_dir_all(w.proc_dir().join("sys/kernel/random")).unwrap();
         fs::write(w.proc_dir().join("sys/kernel/random/boot_id"), format!("{BOOT}\n")).unwrap();
@@ -195,6 +225,7 @@ exit 0
 
     fn checkpointer(&self, processes: Vec<CriticalProcess>) -> CriuCheckpointer {
         let (killed, procdir, zombie) = (self.killed.clone(), self.proc_dir(), self.zombie_on_kill.clone());
+        let (reuse, opened) = (self.reuse_on_open.clone(), self.opened.clone());
         let space = self.space.clone();
         let cfg = CriuConfig {
             criu: self.t().join("criu"),
@@ -203,17 +234,18 @@ exit 0
             stop_timeout: Duration::from_millis(300),
             units: Arc::new(FakeUnits(self.main_pid.clone())),
             space: Arc::new(move |_| Ok(*space.lock().unwrap())),
-            kill: Arc::new(move |pid| {
-                killed.lock().unwrap().push(pid);
-                let d = procdir.join(pid.to_string());
-                if *zombie.lock().unwrap() {
-                    let stat = fs::read_to_string(d.join("stat"))?;
-                    let close = stat.rfind(')').unwrap();
-                    let (comm, rest) = stat.split_at(close);
-                    fs::write(d.join("stat"), format!("{comm}{}", rest.replacen(" S ", " Z ", 1)))?;
-                    return Ok(());
+            open: Arc::new(move |pid| {
+                let stat = procdir.join(format!("{pid}/stat"));
+                let text = fs::read_to_string(&stat).map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
+                opened.lock().unwrap().push(pid);
+                if let Some(start) = reuse.lock().unwrap().take() {
+                    // The process exits and another takes its pid between the check and the open: the pidfd
+                    // names the new one.
+                    let s = parse_stat(&text).unwrap();
+                    fs::write(&stat, stat_line(pid, s.state, s.ppid, s.pgrp, s.session, s.tty_nr, start))?;
                 }
-                fs::rename(&d, procdir.join(format!(".dead-{pid}")))
+                let (procdir, killed, zombie) = (procdir.clone(), killed.clone(), zombie.clone());
+                Ok(Box::new(FakePidfd { pid, procdir, killed, zombie }) as Box<dyn Pidfd>)
             }),
         };
         CriuCheckpointer::new(self.root(), processes, cfg)
@@ -638,6 +670,30 @@ async fn restore_never_kills_a_new_process_of_the_same_executable_on_the_pid() {
     );
     assert!(w.killed.lock().unwrap().is_empty());
     assert_eq!(w.calls().len(), 1, "only the dump ran");
+}
+
+#[tokio::test]
+async fn a_pid_reused_between_the_check_and_the_pidfd_is_not_signalled() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    *w.reuse_on_open.lock().unwrap() = Some(START + 9);
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains(&format!("started at {START}")) && e.contains(&format!("now at {}", START + 9)), "{e}");
+    assert_eq!(*w.opened.lock().unwrap(), vec![300]);
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert_eq!(w.calls().len(), 1, "only the dump ran");
+}
+
+#[test]
+fn the_kernel_pidfd_kills_the_process_it_opened() {
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let fd = open_pidfd(pid).unwrap();
+    fd.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    // Reaped: the pidfd names the exited process, never a later holder of the pid.
+    assert_eq!(fd.kill().unwrap_err().raw_os_error(), Some(nix::libc::ESRCH));
 }
 
 #[tokio::test]
