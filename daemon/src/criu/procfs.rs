@@ -186,21 +186,70 @@ impl Procfs {
                     .map_err(|_| Refusal(format!("process {name}: unit {unit} reports main pid {pid}"))),
                 Err(e) => Err(Refusal(format!("process {name}: cannot ask systemd for {unit}'s main pid: {e}"))),
             },
-            ProcessSelector::Pidfile(file) => {
-                let path = self.root.path(file);
-                let text = fs::read_to_string(&path)
-                    .map_err(|e| Refusal(format!("process {name}: cannot read pidfile {}: {e}", file.display())))?;
-                match text.trim().parse::<i32>() {
-                    Ok(pid) if pid > 0 => Ok(pid),
-                    _ => Err(Refusal(format!(
-                        "process {name}: pidfile {} holds {:?}, not a pid",
-                        file.display(),
-                        text.trim()
-                    ))),
-                }
-            }
+            ProcessSelector::Pidfile(file) => self.resolve_pidfile(name, file),
             ProcessSelector::Exe(exe) => self.resolve_exe(name, exe),
         }
+    }
+
+    /// The pid in a pidfile, trusted only when nobody but root and the process's own user can have written
+    /// it: a regular file (a symbolic link is refused, not followed: whoever can write its directory could
+    /// point it anywhere), owned by root or by the effective user of the pid it names, not writable by group
+    /// or others. The checks are made on the opened file (`O_NOFOLLOW`, then `fstat`), not on its name.
+    fn resolve_pidfile(&self, name: &str, file: &Path) -> Result<i32, Refusal> {
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let shown = file.display();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(self.root.path(file))
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => {
+                    Refusal(format!("process {name}: pidfile {shown} is a symbolic link; not followed"))
+                }
+                _ => Refusal(format!("process {name}: cannot read pidfile {shown}: {e}")),
+            })?;
+        let meta = f.metadata().map_err(|e| Refusal(format!("process {name}: pidfile {shown}: {e}")))?;
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+        let what = format!("process {name}: pidfile {shown} (owner uid {owner}, mode {mode:04o})");
+        if !meta.is_file() {
+            return Err(Refusal(format!("{what} is not a regular file")));
+        }
+        if mode & 0o022 != 0 {
+            return Err(Refusal(format!(
+                "{what} is writable by group or others, who could make otpatchd checkpoint and restore (kill) \
+                 any process: chmod go-w it"
+            )));
+        }
+        let mut text = String::new();
+        // A pid is a few bytes; a larger file is not a pidfile.
+        (&mut f)
+            .take(64)
+            .read_to_string(&mut text)
+            .map_err(|e| Refusal(format!("process {name}: cannot read pidfile {shown}: {e}")))?;
+        let pid = match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => pid,
+            _ => return Err(Refusal(format!("process {name}: pidfile {shown} holds {:?}, not a pid", text.trim()))),
+        };
+        if owner != 0 {
+            match self.uid(pid) {
+                Some(uid) if uid == owner => {}
+                uid => {
+                    return Err(Refusal(format!(
+                        "{what} is owned neither by root nor by the user of pid {pid} ({}), who alone may name \
+                         it",
+                        uid.map_or("which does not run".into(), |u| format!("uid {u}"))
+                    )))
+                }
+            }
+        }
+        Ok(pid)
+    }
+
+    /// The effective user of a process (`Uid:` of `/proc/PID/status`, second field).
+    pub fn uid(&self, pid: i32) -> Option<u32> {
+        let text = fs::read_to_string(self.path(&format!("{pid}/status"))).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// The process running `exe`: the one match, or the root of the matches when it forked copies of itself.

@@ -132,7 +132,12 @@ impl World {
         fs::create_dir_all(d.join("ns")).unwrap();
         fs::create_dir_all(d.join("net")).unwrap();
         fs::write(d.join("stat"), stat_line(pid, state, ppid, pgrp, sid, tty, START)).unwrap();
-        fs::write(d.join("status"), format!("Name:\tsoftplc\nVmRSS:\t {rss_kb} kB\nThreads:\t2\n")).unwrap();
+        let uid = nix::unistd::getuid();
+        fs::write(
+            d.join("status"),
+            format!("Name:\tsoftplc\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nVmRSS:\t {rss_kb} kB\nThreads:\t2\n"),
+        )
+        .unwrap();
         let _ = fs::remove_file(d.join("exe"));
         symlink(exe, d.join("exe")).unwrap();
         let _ = symlink("mnt:[4026531841]", d.join("ns/mnt"));
@@ -146,6 +151,17 @@ impl World {
         let stat = parse_stat(&fs::read_to_string(&p).unwrap()).unwrap();
         let line = stat_line(pid, stat.state, stat.ppid, stat.pgrp, stat.session, stat.tty_nr, start);
         fs::write(p, line).unwrap();
+    }
+
+    /// Makes a fake process run as `uid` (real and effective).
+    fn uid(&self, pid: i32, uid: u32) {
+        let p = self.proc_dir().join(format!("{pid}/status"));
+        let text: Vec<String> = fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| if l.starts_with("Uid:") { format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}") } else { l.to_string() })
+            .collect();
+        fs::write(p, text.join("\n") + "\n").unwrap();
     }
 
     fn fd(&self, pid: i32, fd: u32, target: &str) {
@@ -256,6 +272,7 @@ fn by_pidfile(w: &World, pid: i32) -> CriticalProcess {
     let pf = w.t().join("root/run/softplc.pid");
     fs::create_dir_all(pf.parent().unwrap()).unwrap();
     fs::write(&pf, format!("{pid}\n")).unwrap();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
     CriticalProcess {
         name: "plc".into(),
         selector: ProcessSelector::Pidfile("/run/softplc.pid".into()),
@@ -369,6 +386,59 @@ async fn selectors_name_exactly_one_process() {
     *w.main_pid.lock().unwrap() = Err("Unit softplc.service not loaded.".into());
     let e = procfs.resolve(&unit, &units).await.unwrap_err().0;
     assert!(e.contains("cannot ask systemd for softplc.service's main pid: Unit softplc.service not loaded."), "{e}");
+}
+
+#[tokio::test]
+async fn a_pidfile_others_can_write_or_a_symlink_is_refused() {
+    let w = World::new();
+    let pid = w.plc();
+    let procfs = Procfs::new(w.root());
+    let units = FakeUnits(w.main_pid.clone());
+    let p = by_pidfile(&w, pid);
+    let pf = w.t().join("root/run/softplc.pid");
+    let me = nix::unistd::getuid().as_raw();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(procfs.resolve(&p, &units).await, Ok(300));
+
+    for mode in [0o664, 0o646, 0o666] {
+        fs::set_permissions(&pf, fs::Permissions::from_mode(mode)).unwrap();
+        let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+        assert!(
+            e.contains(&format!(
+                "process plc: pidfile /run/softplc.pid (owner uid {me}, mode {mode:04o}) is writable by group or \
+                 others"
+            )),
+            "{e}"
+        );
+    }
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
+
+    // Owned by a user who is neither root nor the process's: that user could name any pid.
+    let (owner, process_uid) = if me == 0 {
+        nix::unistd::chown(&pf, Some(nix::unistd::Uid::from_raw(1234)), None).unwrap();
+        (1234, 0)
+    } else {
+        (me, me + 1)
+    };
+    w.uid(300, process_uid);
+    let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+    assert!(
+        e.contains(&format!(
+            "process plc: pidfile /run/softplc.pid (owner uid {owner}, mode 0644) is owned neither by root nor by \
+             the user of pid 300 (uid {process_uid})"
+        )),
+        "{e}"
+    );
+    // The process's own user may own its pidfile.
+    w.uid(300, owner);
+    assert_eq!(procfs.resolve(&p, &units).await, Ok(300));
+
+    // A symlink is refused, not followed (whoever can write its directory could point it anywhere).
+    fs::write(w.t().join("root/run/real.pid"), "300\n").unwrap();
+    fs::remove_file(&pf).unwrap();
+    symlink("real.pid", &pf).unwrap();
+    let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+    assert!(e.contains("process plc: pidfile /run/softplc.pid is a symbolic link; not followed"), "{e}");
 }
 
 // ---------------------------------------------------------------- preflight
