@@ -24,7 +24,8 @@
 //!
 //! - **Preflight** (window arming): `criu check`, `criu check --feature mem_dirty_track` when a process
 //!   pre-dumps, then each process is resolved (systemd unit's `MainPID` over D-Bus, a pidfile only root or
-//!   the process's user can write, or the one process running an executable) and inspected in `/proc`: alive, no terminal held or controlling, its
+//!   the process's user can write, or the one process running an executable as the policy's user) and
+//!   inspected in `/proc`: alive, no terminal held or controlling, its
 //!   session and process group led from inside its tree, the daemon in the same mount and pid namespace.
 //!   Established TCP connections are listed: with `tcp_established = true` CRIU checkpoints them
 //!   (`--tcp-established`), otherwise they are dumped closed (`--tcp-close`) and the peers reconnect after a

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use otpatch_common::policy::{CriticalProcess, ProcessSelector};
 
+use tracing::debug;
+
 use crate::sysroot::Sysroot;
 
 /// One task of `/proc/PID/stat`, the fields CRIU cares about.
@@ -187,7 +189,7 @@ impl Procfs {
                 Err(e) => Err(Refusal(format!("process {name}: cannot ask systemd for {unit}'s main pid: {e}"))),
             },
             ProcessSelector::Pidfile(file) => self.resolve_pidfile(name, file),
-            ProcessSelector::Exe(exe) => self.resolve_exe(name, exe),
+            ProcessSelector::Exe(exe) => self.resolve_exe(name, exe, p.user.as_deref()),
         }
     }
 
@@ -252,22 +254,69 @@ impl Procfs {
         text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
     }
 
-    /// The process running `exe`: the one match, or the root of the matches when it forked copies of itself.
-    fn resolve_exe(&self, name: &str, exe: &Path) -> Result<i32, Refusal> {
-        let matches: Vec<Stat> = self
+    /// A user's uid: numeric, or from the sysroot's `/etc/passwd`.
+    pub fn user_uid(&self, user: &str) -> Option<u32> {
+        if let Ok(uid) = user.parse() {
+            return Some(uid);
+        }
+        let passwd = fs::read_to_string(self.root.path("/etc/passwd")).ok()?;
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == user).then_some(())?;
+            f.nth(1)?.parse().ok()
+        })
+    }
+
+    /// The process running `exe` as `user`: the one match, or the root of the matches when it forked copies of
+    /// itself. Copies run by other users (an engineer testing a program) are not the critical process: ignored.
+    /// `user` `None` is root.
+    fn resolve_exe(&self, name: &str, exe: &Path, user: Option<&str>) -> Result<i32, Refusal> {
+        let (uid, user) = match user {
+            None => (0, "root"),
+            Some(user) => (
+                self.user_uid(user).ok_or_else(|| {
+                    Refusal(format!("process {name}: user {user} is neither a uid nor in /etc/passwd"))
+                })?,
+                user,
+            ),
+        };
+        let (mut matches, mut others) = (Vec::new(), Vec::new());
+        for s in self
             .pids()
             .into_iter()
             .filter(|&pid| self.exe(pid).as_deref() == Some(exe))
             .filter_map(|pid| self.stat(pid))
             .filter(|s| s.state != 'Z' && s.state != 'X')
-            .collect();
+        {
+            match self.uid(s.pid) {
+                Some(u) if u == uid => matches.push(s),
+                u => others.push((s.pid, u)),
+            }
+        }
+        if !others.is_empty() {
+            debug!(process = %name, exe = %exe.display(), uid, ignored = ?others,
+                "processes of other users run the executable; ignored");
+        }
         let pids: BTreeSet<i32> = matches.iter().map(|s| s.pid).collect();
         let roots: Vec<i32> = matches.iter().filter(|s| !pids.contains(&s.ppid)).map(|s| s.pid).collect();
         match roots.as_slice() {
             [pid] => Ok(*pid),
-            [] => Err(Refusal(format!("process {name}: no running process has executable {}", exe.display()))),
+            [] => Err(Refusal(format!(
+                "process {name}: no running process has executable {} as uid {uid} ({user}){}",
+                exe.display(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    let o: Vec<String> = others
+                        .iter()
+                        .map(|(p, u)| format!("{p} (uid {})", u.map_or("?".into(), |u| u.to_string())))
+                        .collect();
+                    format!("; other users' copies ignored: {}", o.join(", "))
+                }
+            ))),
             many => Err(Refusal(format!(
-                "process {name}: {} separate processes run {} (pids {}); name it by pidfile or unit instead",
+                "process {name}: {} separate processes of uid {uid} run {} (pids {}); name it by pidfile or unit \
+                 instead",
                 many.len(),
                 exe.display(),
                 many.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")

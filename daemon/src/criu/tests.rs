@@ -278,6 +278,7 @@ fn by_pidfile(w: &World, pid: i32) -> CriticalProcess {
         selector: ProcessSelector::Pidfile("/run/softplc.pid".into()),
         tcp_established: false,
         pre_dump: false,
+        user: None,
     }
 }
 
@@ -364,7 +365,9 @@ async fn selectors_name_exactly_one_process() {
     let e = procfs.resolve(&p, &units).await.unwrap_err().0;
     assert!(e.contains("process plc: pidfile /run/softplc.pid holds \"x1\", not a pid"), "{e}");
 
-    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), ..p.clone() };
+    // The fake processes run as the test's user.
+    let me = Some(nix::unistd::getuid().to_string());
+    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), user: me.clone(), ..p.clone() };
     assert_eq!(procfs.resolve(&exe, &units).await, Ok(300));
     // A worker it forked runs the same executable: the tree's root is the process.
     w.process(301, 'S', 300, 300, 300, 0, EXE, 1024);
@@ -372,7 +375,10 @@ async fn selectors_name_exactly_one_process() {
     // A second, separate instance: ambiguous.
     w.process(400, 'S', 1, 400, 400, 0, EXE, 1024);
     let e = procfs.resolve(&exe, &units).await.unwrap_err().0;
-    assert!(e.contains("2 separate processes run /usr/bin/softplc (pids 300, 400)"), "{e}");
+    assert!(
+        e.contains(&format!("2 separate processes of uid {} run /usr/bin/softplc (pids 300, 400)", me.unwrap())),
+        "{e}"
+    );
     let none = CriticalProcess { selector: ProcessSelector::Exe("/usr/bin/other".into()), ..p.clone() };
     let e = procfs.resolve(&none, &units).await.unwrap_err().0;
     assert!(e.contains("no running process has executable /usr/bin/other"), "{e}");
@@ -386,6 +392,46 @@ async fn selectors_name_exactly_one_process() {
     *w.main_pid.lock().unwrap() = Err("Unit softplc.service not loaded.".into());
     let e = procfs.resolve(&unit, &units).await.unwrap_err().0;
     assert!(e.contains("cannot ask systemd for softplc.service's main pid: Unit softplc.service not loaded."), "{e}");
+}
+
+#[tokio::test]
+async fn an_exe_selector_ignores_copies_run_by_other_users() {
+    let w = World::new();
+    let pid = w.plc();
+    w.uid(pid, 0);
+    let procfs = Procfs::new(w.root());
+    let units = FakeUnits(w.main_pid.clone());
+    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), ..by_pidfile(&w, pid) };
+    // An engineer runs a copy of the PLC runtime to test a program: not the critical process.
+    w.process(400, 'S', 1, 400, 400, 0, EXE, 1024);
+    w.uid(400, 1000);
+    assert_eq!(procfs.resolve(&exe, &units).await, Ok(300));
+    // A second root copy is still ambiguous.
+    w.process(500, 'S', 1, 500, 500, 0, EXE, 1024);
+    w.uid(500, 0);
+    let e = procfs.resolve(&exe, &units).await.unwrap_err().0;
+    assert!(e.contains("2 separate processes of uid 0 run /usr/bin/softplc (pids 300, 500)"), "{e}");
+
+    // A policy naming the user: its copy, by name (the sysroot's /etc/passwd) or by uid.
+    fs::create_dir_all(w.t().join("root/etc")).unwrap();
+    fs::write(w.t().join("root/etc/passwd"), "root:x:0:0::/root:/bin/sh\nplc:x:1000:1000::/home/plc:/bin/sh\n")
+        .unwrap();
+    for user in ["plc", "1000"] {
+        let by_user = CriticalProcess { user: Some(user.into()), ..exe.clone() };
+        assert_eq!(procfs.resolve(&by_user, &units).await, Ok(400), "{user}");
+    }
+    let nobody = CriticalProcess { user: Some("historian".into()), ..exe.clone() };
+    let e = procfs.resolve(&nobody, &units).await.unwrap_err().0;
+    assert!(e.contains("process plc: user historian is neither a uid nor in /etc/passwd"), "{e}");
+    let by_uid = CriticalProcess { user: Some("2000".into()), ..exe };
+    let e = procfs.resolve(&by_uid, &units).await.unwrap_err().0;
+    assert!(
+        e.contains(
+            "no running process has executable /usr/bin/softplc as uid 2000 (2000); other users' copies ignored: \
+             300 (uid 0), 400 (uid 1000), 500 (uid 0)"
+        ),
+        "{e}"
+    );
 }
 
 #[tokio::test]
