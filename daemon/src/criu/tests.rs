@@ -366,8 +366,8 @@ async fn selectors_name_exactly_one_process() {
     assert!(e.contains("process plc: pidfile /run/softplc.pid holds \"x1\", not a pid"), "{e}");
 
     // The fake processes run as the test's user.
-    let me = Some(nix::unistd::getuid().to_string());
-    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), user: me.clone(), ..p.clone() };
+    let me = nix::unistd::getuid().to_string();
+    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), user: Some(me.clone()), ..p.clone() };
     assert_eq!(procfs.resolve(&exe, &units).await, Ok(300));
     // A worker it forked runs the same executable: the tree's root is the process.
     w.process(301, 'S', 300, 300, 300, 0, EXE, 1024);
@@ -375,10 +375,7 @@ async fn selectors_name_exactly_one_process() {
     // A second, separate instance: ambiguous.
     w.process(400, 'S', 1, 400, 400, 0, EXE, 1024);
     let e = procfs.resolve(&exe, &units).await.unwrap_err().0;
-    assert!(
-        e.contains(&format!("2 separate processes of uid {} run /usr/bin/softplc (pids 300, 400)", me.unwrap())),
-        "{e}"
-    );
+    assert!(e.contains(&format!("2 separate processes of uid {} run /usr/bin/softplc (pids 300, 400)", me)), "{e}");
     let none = CriticalProcess { selector: ProcessSelector::Exe("/usr/bin/other".into()), ..p.clone() };
     let e = procfs.resolve(&none, &units).await.unwrap_err().0;
     assert!(e.contains("no running process has executable /usr/bin/other"), "{e}");
