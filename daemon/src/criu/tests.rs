@@ -50,7 +50,7 @@ struct World {
     zombie_on_kill: Arc<Mutex<bool>>,
     main_pid: Arc<Mutex<Result<u32, String>>>,
     /// The start time a process gets the moment its pidfd is opened: the pid reused right before the open.
-    reuse_on_open: Arc<Mutex<Option<u64>>>,
+    reuse_on_open: Arc<Mutex<Option<(i32, u64)>>>,
     opened: Arc<Mutex<Vec<i32>>>,
 }
 
@@ -254,7 +254,8 @@ exit 0
                 let stat = procdir.join(format!("{pid}/stat"));
                 let text = fs::read_to_string(&stat).map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
                 opened.lock().unwrap().push(pid);
-                if let Some(start) = reuse.lock().unwrap().take() {
+                let mut reuse = reuse.lock().unwrap();
+                if let Some((_, start)) = reuse.take_if(|(p, _)| *p == pid) {
                     // The process exits and another takes its pid between the check and the open: the pidfd
                     // names the new one.
                     let s = parse_stat(&text).unwrap();
@@ -789,7 +790,7 @@ async fn restore_never_kills_a_new_process_of_the_same_executable_on_the_pid() {
 async fn a_pid_reused_between_the_check_and_the_pidfd_is_not_signalled() {
     let w = World::new();
     let (c, cp) = checkpointed(&w).await;
-    *w.reuse_on_open.lock().unwrap() = Some(START + 9);
+    *w.reuse_on_open.lock().unwrap() = Some((300, START + 9));
     let e = err(c.restore(&cp).await);
     assert!(e.contains(&format!("started at {START}")) && e.contains(&format!("now at {}", START + 9)), "{e}");
     assert_eq!(*w.opened.lock().unwrap(), vec![300]);
@@ -807,6 +808,21 @@ fn the_kernel_pidfd_kills_the_process_it_opened() {
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
     // Reaped: the pidfd names the exited process, never a later holder of the pid.
     assert_eq!(fd.kill().unwrap_err().raw_os_error(), Some(nix::libc::ESRCH));
+}
+
+#[tokio::test]
+async fn a_child_pid_reused_before_the_signal_is_not_signalled() {
+    let w = World::new();
+    w.plc();
+    w.process(310, 'S', 300, 300, 300, 0, EXE, 1024);
+    let c = w.checkpointer(vec![by_pidfile(&w, 300)]);
+    let cp = c.checkpoint(&window("w-6")).await.unwrap();
+    // The worker exits after the tree was read and its pid goes to another process before the pidfd is open.
+    *w.reuse_on_open.lock().unwrap() = Some((310, START + 70));
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains("310 is still running"), "{e}");
+    assert_eq!(*w.opened.lock().unwrap(), vec![300, 310]);
+    assert_eq!(*w.killed.lock().unwrap(), vec![300]);
 }
 
 #[tokio::test]
