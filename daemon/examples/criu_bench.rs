@@ -64,6 +64,7 @@ async fn backend(pidfile: &Path, images: &Path, pre: bool, run: usize) -> (Sampl
         selector: ProcessSelector::Pidfile(pidfile.to_path_buf()),
         tcp_established: false,
         pre_dump: pre,
+        user: None,
     };
     let root = Sysroot::host();
     let cfg = CriuConfig { images: images.to_path_buf(), ..CriuConfig::new(&root) };

@@ -345,6 +345,10 @@ pub struct CriticalProcess {
     pub tcp_established: bool,
     /// Pre-dump with memory tracking before the final dump, to shorten the freeze.
     pub pre_dump: bool,
+    /// With an `exe` selector: the user (name or numeric uid) the process runs as; copies of the executable
+    /// run by other users are ignored. `None`: root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// How a critical process is found. Exactly one per process.

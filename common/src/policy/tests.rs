@@ -199,6 +199,7 @@ unit = "zeta.service"
 pidfile = "/run/alpha.pid"
 [process.mid]
 exe = "/opt/mid/bin/mid"
+user = "plc"
 pre_dump = true
 "#,
     ));
@@ -207,6 +208,7 @@ pre_dump = true
     assert_eq!(s.processes[0].selector, ProcessSelector::Pidfile("/run/alpha.pid".into()));
     assert_eq!(s.processes[1].selector, ProcessSelector::Exe("/opt/mid/bin/mid".into()));
     assert!(s.processes[1].pre_dump);
+    assert_eq!((s.processes[0].user.as_deref(), s.processes[1].user.as_deref()), (None, Some("plc")));
     assert_eq!(s.processes[2].selector, ProcessSelector::Unit("zeta.service".into()));
 }
 
@@ -665,6 +667,20 @@ fn process_needs_exactly_one_selector() {
         "process.p.pidfile",
         "expected an absolute path, found \"run/p.pid\"",
     );
+    let e = one_error(&with(
+        "[process.p]
+unit = \"plc.service\"
+user = \"plc\"
+",
+    ));
+    assert_error(&e, "site.toml", EXTRA_LINE + 2, 8, "process.p.user", "user applies to an exe selector only");
+    let e = one_error(&with(
+        "[process.p]
+exe = \"/usr/bin/plc\"
+user = \"plc user\"
+",
+    ));
+    assert_error(&e, "site.toml", EXTRA_LINE + 2, 8, "process.p.user", "expected a user name or a numeric uid");
 }
 
 #[test]

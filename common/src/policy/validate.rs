@@ -709,7 +709,7 @@ impl<'t> Checker<'_> {
     fn processes(&mut self, root: &Tbl<'t>) -> Vec<CriticalProcess> {
         let mut out = Vec::new();
         for (name, p) in self.named(root, "process") {
-            self.keys(&p, &["unit", "pidfile", "exe", "tcp_established", "pre_dump"]);
+            self.keys(&p, &["unit", "pidfile", "exe", "user", "tcp_established", "pre_dump"]);
             let unit = self.value(&p, "unit", |v| match v {
                 Val::Str(s) if valid_service(s) => Ok(ProcessSelector::Unit(s.clone())),
                 _ => Err(expected("a systemd service unit like \"softplc.service\"")),
@@ -745,8 +745,16 @@ impl<'t> Checker<'_> {
             };
             let tcp_established = self.boolean(&p, "tcp_established").or(false);
             let pre_dump = self.boolean(&p, "pre_dump").or(false);
+            let is_exe = matches!(selector, Some(ProcessSelector::Exe(_)));
+            let user = self.value(&p, "user", |v| match v {
+                Val::Str(_) if !is_exe => Err(Bad::Message(
+                    "user applies to an exe selector only (a unit or pidfile names one process)".into(),
+                )),
+                Val::Str(s) if valid_user(s) => Ok(s.clone()),
+                _ => Err(expected("a user name or a numeric uid, like \"plc\" or \"1000\"")),
+            });
             if let Some(selector) = selector {
-                out.push(CriticalProcess { name, selector, tcp_established, pre_dump });
+                out.push(CriticalProcess { name, selector, tcp_established, pre_dump, user: user.value() });
             }
         }
         out
@@ -1034,6 +1042,14 @@ fn valid_group(name: &str) -> bool {
 fn valid_service(unit: &str) -> bool {
     unit.strip_suffix(".service")
         .is_some_and(|stem| !stem.is_empty() && !stem.chars().any(|c| c == '/' || c.is_whitespace() || c.is_control()))
+}
+
+/// A user name as useradd takes it (letters, digits, `_`, `-`, `.`, not starting with `-`), or a numeric uid.
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && user.len() <= 32
+        && !user.starts_with('-')
+        && user.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The allowed key an unknown key was probably meant to be: a close spelling, or one it abbreviates.

@@ -53,6 +53,10 @@ pub struct Manifest {
     pub window: String,
     pub process: String,
     pub pid: i32,
+    /// The process's start time (`/proc/PID/stat` field 22, clock ticks after boot): a restore stops the pid
+    /// only while it still has this start time. `None` in manifests of otpatchd before it was recorded.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     /// Every task of the dumped tree, the root first: the restore needs each of these pids free.
     pub pids: Vec<i32>,
     pub exe: PathBuf,

@@ -23,8 +23,9 @@
 //! # What it does
 //!
 //! - **Preflight** (window arming): `criu check`, `criu check --feature mem_dirty_track` when a process
-//!   pre-dumps, then each process is resolved (systemd unit's `MainPID` over D-Bus, pidfile, or the one
-//!   process running an executable) and inspected in `/proc`: alive, no terminal held or controlling, its
+//!   pre-dumps, then each process is resolved (systemd unit's `MainPID` over D-Bus, a pidfile only root or
+//!   the process's user can write, or the one process running an executable as the policy's user) and
+//!   inspected in `/proc`: alive, no terminal held or controlling, its
 //!   session and process group led from inside its tree, the daemon in the same mount and pid namespace.
 //!   Established TCP connections are listed: with `tcp_established = true` CRIU checkpoints them
 //!   (`--tcp-established`), otherwise they are dumped closed (`--tcp-close`) and the peers reconnect after a
@@ -33,11 +34,14 @@
 //!   images' file system is checked against the trees' resident memory, then each process is dumped with
 //!   `--leave-running` (after a `pre-dump --track-mem` when the policy asks, so the final freeze copies only
 //!   the pages dirtied since) into `<state>/checkpoints/<window>/<process>/`, and `manifest.json` records
-//!   the pid, the executable, the boot id, CRIU's freeze times and every image file's size and hash.
+//!   the pid and its start time, the executable, the boot id, CRIU's freeze times and every image file's size
+//!   and hash.
 //! - **Restore** (rollback): every set is validated first (manifest, files, sizes, hashes); only then is each
-//!   process stopped (SIGKILL, bounded wait for its pid to be free) and restored detached with the same pid
-//!   (`criu restore -d`), then confirmed alive running the same executable. A set from another boot (an A/B
-//!   reboot happened) is not restored: the boot restarted the processes.
+//!   process stopped, and only while its pid has the recorded start time and executable: each task is opened
+//!   as a pidfd, its start time checked again, and SIGKILL goes through the pidfd (a pid reused in between
+//!   is never signalled). Then a bounded wait for its pids to be free, and it is restored detached with the
+//!   same pid (`criu restore -d`), then confirmed alive running the same executable. A set from another boot
+//!   (an A/B reboot happened) is not restored: the boot restarted the processes.
 //! - **Discard** (after a commit): the window's set is removed.
 
 pub mod cli;
@@ -112,8 +116,32 @@ impl UnitResolver for SystemdUnits {
 
 /// Free bytes for images in a directory.
 pub type SpaceFn = Arc<dyn Fn(&Path) -> io::Result<u64> + Send + Sync>;
-/// Sends SIGKILL to a pid.
-pub type KillFn = Arc<dyn Fn(i32) -> io::Result<()> + Send + Sync>;
+/// A process opened for signalling: a pidfd, which keeps naming the process it was opened on even when
+/// that process exits and its pid is reused.
+pub trait Pidfd: Send {
+    /// SIGKILL to the process (`pidfd_send_signal`); `ESRCH` once it has exited.
+    fn kill(&self) -> io::Result<()>;
+}
+
+/// Opens a pid for signalling (`pidfd_open`); `ESRCH` when no process has it.
+pub type OpenFn = Arc<dyn Fn(i32) -> io::Result<Box<dyn Pidfd>> + Send + Sync>;
+
+/// A kernel pidfd.
+struct KernelPidfd(std::os::fd::OwnedFd);
+
+impl Pidfd for KernelPidfd {
+    fn kill(&self) -> io::Result<()> {
+        use rustix::process::{pidfd_send_signal, Signal};
+        pidfd_send_signal(&self.0, Signal::KILL).map_err(io::Error::from)
+    }
+}
+
+/// `pidfd_open(2)` (Linux 5.3).
+fn open_pidfd(pid: i32) -> io::Result<Box<dyn Pidfd>> {
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    Ok(Box::new(KernelPidfd(pidfd_open(pid, PidfdFlags::empty()).map_err(io::Error::from)?)))
+}
 
 /// How the checkpointer reaches CRIU, the images and the processes.
 #[derive(Clone)]
@@ -128,7 +156,8 @@ pub struct CriuConfig {
     pub stop_timeout: Duration,
     pub units: Arc<dyn UnitResolver>,
     pub space: SpaceFn,
-    pub kill: KillFn,
+    /// How the processes a restore replaces are opened to be signalled.
+    pub open: OpenFn,
 }
 
 impl fmt::Debug for CriuConfig {
@@ -144,7 +173,7 @@ impl fmt::Debug for CriuConfig {
 
 impl CriuConfig {
     /// The production set-up: `criu` on `PATH`, images under the state directory, systemd over D-Bus,
-    /// statvfs, kill(2).
+    /// statvfs, pidfds.
     pub fn new(root: &Sysroot) -> Self {
         CriuConfig {
             criu: PathBuf::from("criu"),
@@ -153,10 +182,7 @@ impl CriuConfig {
             stop_timeout: Duration::from_secs(10),
             units: Arc::new(SystemdUnits),
             space: Arc::new(images::available_space),
-            kill: Arc::new(|pid| {
-                use nix::sys::signal::{kill, Signal};
-                kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).map_err(io::Error::from)
-            }),
+            open: Arc::new(open_pidfd),
         }
     }
 }
@@ -275,6 +301,7 @@ impl CriuCheckpointer {
             window: window.to_string(),
             process: p.name.clone(),
             pid,
+            start_time: Some(tree.root.starttime),
             pids: tree.pids.clone(),
             exe: tree.exe.clone(),
             boot_id: self.procfs.boot_id().unwrap_or_default(),
@@ -295,36 +322,32 @@ impl CriuCheckpointer {
         Ok(m)
     }
 
-    /// Stops what runs under a restore's pids: the checkpointed tree's root if it still runs the same
-    /// executable, and its descendants; then waits (bounded) until every pid of the checkpointed tree is free.
+    /// Stops what runs under a restore's pids: the checkpointed tree's root if it is still the checkpointed
+    /// process (same start time and executable), and its descendants; then waits (bounded) until every pid of
+    /// the checkpointed tree is free.
     async fn stop_for_restore(&self, name: &str, m: &Manifest) -> BackendResult<()> {
         let who = format!("process {name} (pid {})", m.pid);
         let procfs = self.procfs.clone();
-        let mut victims = Vec::new();
-        if self.procfs.alive(m.pid) {
-            match self.procfs.exe(m.pid) {
-                Some(exe) if exe == m.exe => {
-                    let (p2, n2, pid) = (procfs.clone(), name.to_string(), m.pid);
-                    // Its current tree (children first would race with reaping; order does not matter for SIGKILL).
-                    victims = match blocking(move || p2.inspect(&n2, pid)).await? {
-                        Ok(t) => t.pids,
-                        Err(_) => vec![m.pid],
-                    };
+        // (pid, start time when found): a task is signalled only while it still has that start time.
+        let mut victims: Vec<(i32, u64)> = Vec::new();
+        if let Some(now) = self.procfs.stat(m.pid).filter(|s| s.state != 'Z' && s.state != 'X') {
+            self.same_process(name, m, now.starttime)?;
+            let (p2, n2, pid) = (procfs.clone(), name.to_string(), m.pid);
+            // Its current tree (children first would race with reaping; order does not matter for SIGKILL).
+            victims = match blocking(move || p2.inspect(&n2, pid)).await? {
+                Ok(t) if t.start_times.first() == Some(&now.starttime) => {
+                    t.pids.into_iter().zip(t.start_times).collect()
                 }
-                other => {
-                    return Err(BackendError::new(format!(
-                        "{who}: pid {} now runs {}, not {}: an unrelated process holds the pid, not stopped; \
-                         {name} was not restored",
-                        m.pid,
-                        other.map_or("an unknown executable".into(), |e| e.display().to_string()),
-                        m.exe.display()
-                    )))
-                }
-            }
+                _ => vec![(m.pid, now.starttime)],
+            };
+        } else if m.start_time.is_none() {
+            warn!(process = %name, pid = m.pid,
+                "the checkpoint's manifest records no start time (written by an older otpatchd); the pid is free, \
+                 nothing is stopped");
         }
         // Every pid the restore needs must be free or about to be (one of the victims).
         for &pid in &m.pids {
-            if self.procfs.alive(pid) && !victims.contains(&pid) {
+            if self.procfs.alive(pid) && !victims.iter().any(|&(v, _)| v == pid) {
                 let comm = self.procfs.stat(pid).map(|s| s.comm).unwrap_or_default();
                 return Err(BackendError::new(format!(
                     "{who}: pid {pid}, which the restore needs, is held by another process ({comm}); nothing was \
@@ -332,15 +355,34 @@ impl CriuCheckpointer {
                 )));
             }
         }
-        for &pid in &victims {
-            if let Err(e) = (self.cfg.kill)(pid) {
-                if e.raw_os_error() != Some(nix::libc::ESRCH) {
-                    return Err(BackendError::new(format!("{who}: cannot stop pid {pid}: {e}")));
+        let mut stopped = Vec::new();
+        // Each task is opened (a pidfd), then its start time checked again: a pidfd names one process for
+        // good, so a process with the recorded start time after the open is the one the pidfd signals; a pid
+        // reused before the open shows another start time, one reused after it leaves the pidfd on the exited
+        // task (ESRCH). The root comes first: a refusal stops nothing.
+        for &(pid, start) in &victims {
+            let fd = match (self.cfg.open)(pid) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => continue,
+                Err(e) => return Err(BackendError::new(format!("{who}: cannot open pid {pid} (pidfd_open): {e}"))),
+            };
+            match self.procfs.stat(pid).map(|s| s.starttime) {
+                Some(now) if now == start => {}
+                Some(now) if pid == m.pid => {
+                    self.same_process(name, m, now)?;
+                    continue;
                 }
+                // A child that exited since the tree was read; whatever holds its pid now is not signalled.
+                _ => continue,
+            }
+            match fd.kill() {
+                Ok(()) => stopped.push(pid),
+                Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {}
+                Err(e) => return Err(BackendError::new(format!("{who}: cannot stop pid {pid}: {e}"))),
             }
         }
-        if !victims.is_empty() {
-            info!(process = %name, pids = ?victims, "stopped the running process for the restore");
+        if !stopped.is_empty() {
+            info!(process = %name, pids = ?stopped, "stopped the running process for the restore");
         }
         // A killed process keeps its pid as a zombie until its parent reaps it (init or systemd do at once).
         let deadline = Instant::now() + self.cfg.stop_timeout;
@@ -366,6 +408,44 @@ impl CriuCheckpointer {
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process running on the manifest's pid now (started at `start`) is the one checkpointed:
+    /// same start time and executable. Anything else is refused, so nothing unrelated is ever signalled.
+    fn same_process(&self, name: &str, m: &Manifest, start: u64) -> BackendResult<()> {
+        let who = format!("process {name} (pid {})", m.pid);
+        match m.start_time {
+            Some(t) if t != start => {
+                return Err(BackendError::new(format!(
+                    "{who}: pid {} was reused: the checkpointed process started at {t} (clock ticks after boot), \
+                     the one running now at {start}; an unrelated process holds the pid, not stopped; {name} was \
+                     not restored",
+                    m.pid
+                )))
+            }
+            Some(_) => {}
+            // A manifest of an older otpatchd: the executable alone cannot tell the checkpointed process from a
+            // later copy of the same program that got its pid, and killing a process that is not ours is worse
+            // than a failed rollback; so the running pid is refused (a free pid is restored, above).
+            None => {
+                return Err(BackendError::new(format!(
+                    "{who}: the checkpoint's manifest records no start time (written by an older otpatchd), so \
+                     whether pid {} still runs the checkpointed process cannot be told; not stopped; {name} was \
+                     not restored",
+                    m.pid
+                )))
+            }
+        }
+        match self.procfs.exe(m.pid) {
+            Some(exe) if exe == m.exe => Ok(()),
+            other => Err(BackendError::new(format!(
+                "{who}: pid {} now runs {}, not {}: an unrelated process holds the pid, not stopped; {name} was not \
+                 restored",
+                m.pid,
+                other.map_or("an unknown executable".into(), |e| e.display().to_string()),
+                m.exe.display()
+            ))),
         }
     }
 

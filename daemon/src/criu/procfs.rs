@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use otpatch_common::policy::{CriticalProcess, ProcessSelector};
 
+use tracing::debug;
+
 use crate::sysroot::Sysroot;
 
 /// One task of `/proc/PID/stat`, the fields CRIU cares about.
@@ -24,25 +26,35 @@ pub struct Stat {
     pub session: i32,
     /// The controlling terminal's device number; 0 when there is none.
     pub tty_nr: i64,
+    /// When the process started, in clock ticks after boot (field 22, `starttime`): with the pid, the
+    /// process's identity within a boot (a reused pid has a later start time).
+    pub starttime: u64,
 }
 
-/// Parses `/proc/PID/stat`. The command name sits in parentheses and may itself hold spaces and `)`.
+/// Parses `/proc/PID/stat`. The command name sits in parentheses and may itself hold spaces, `(` and `)`:
+/// it ends at the last `)`. `None` for anything else (never a panic).
 pub fn parse_stat(text: &str) -> Option<Stat> {
     let open = text.find('(')?;
     let close = text.rfind(')')?;
-    let pid = text[..open].trim().parse().ok()?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // After the name: state ppid pgrp session tty_nr ...
-    let state = rest.first()?.chars().next()?;
+    let pid = text.get(..open)?.trim().parse().ok()?;
+    let comm = text.get(open.checked_add(1)?..close)?.to_string();
+    let rest: Vec<&str> = text.get(close.checked_add(1)?..)?.split_whitespace().collect();
+    // After the name, from field 3: state ppid pgrp session tty_nr ... starttime (field 22).
+    let field = |n: usize| rest.get(n.checked_sub(3)?).copied();
+    let mut state = field(3)?.chars();
+    let st = state.next()?;
+    if state.next().is_some() {
+        return None;
+    }
     Some(Stat {
         pid,
         comm,
-        state,
-        ppid: rest.get(1)?.parse().ok()?,
-        pgrp: rest.get(2)?.parse().ok()?,
-        session: rest.get(3)?.parse().ok()?,
-        tty_nr: rest.get(4)?.parse().ok()?,
+        state: st,
+        ppid: field(4)?.parse().ok()?,
+        pgrp: field(5)?.parse().ok()?,
+        session: field(6)?.parse().ok()?,
+        tty_nr: field(7)?.parse().ok()?,
+        starttime: field(22)?.parse().ok()?,
     })
 }
 
@@ -79,6 +91,8 @@ pub struct Tree {
     pub exe: PathBuf,
     /// Every task of the tree, the root first.
     pub pids: Vec<i32>,
+    /// The start time of each task (`Stat::starttime`), in the order of `pids`.
+    pub start_times: Vec<u64>,
     /// Resident memory of the whole tree (sum of `VmRSS`), bytes.
     pub rss: u64,
     pub tcp: Vec<TcpConn>,
@@ -174,39 +188,135 @@ impl Procfs {
                     .map_err(|_| Refusal(format!("process {name}: unit {unit} reports main pid {pid}"))),
                 Err(e) => Err(Refusal(format!("process {name}: cannot ask systemd for {unit}'s main pid: {e}"))),
             },
-            ProcessSelector::Pidfile(file) => {
-                let path = self.root.path(file);
-                let text = fs::read_to_string(&path)
-                    .map_err(|e| Refusal(format!("process {name}: cannot read pidfile {}: {e}", file.display())))?;
-                match text.trim().parse::<i32>() {
-                    Ok(pid) if pid > 0 => Ok(pid),
-                    _ => Err(Refusal(format!(
-                        "process {name}: pidfile {} holds {:?}, not a pid",
-                        file.display(),
-                        text.trim()
-                    ))),
-                }
-            }
-            ProcessSelector::Exe(exe) => self.resolve_exe(name, exe),
+            ProcessSelector::Pidfile(file) => self.resolve_pidfile(name, file),
+            ProcessSelector::Exe(exe) => self.resolve_exe(name, exe, p.user.as_deref()),
         }
     }
 
-    /// The process running `exe`: the one match, or the root of the matches when it forked copies of itself.
-    fn resolve_exe(&self, name: &str, exe: &Path) -> Result<i32, Refusal> {
-        let matches: Vec<Stat> = self
+    /// The pid in a pidfile, trusted only when nobody but root and the process's own user can have written
+    /// it: a regular file (a symbolic link is refused, not followed: whoever can write its directory could
+    /// point it anywhere), owned by root or by the effective user of the pid it names, not writable by group
+    /// or others. The checks are made on the opened file (`O_NOFOLLOW`, then `fstat`), not on its name.
+    fn resolve_pidfile(&self, name: &str, file: &Path) -> Result<i32, Refusal> {
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let shown = file.display();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(self.root.path(file))
+            .map_err(|e| match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => {
+                    Refusal(format!("process {name}: pidfile {shown} is a symbolic link; not followed"))
+                }
+                _ => Refusal(format!("process {name}: cannot read pidfile {shown}: {e}")),
+            })?;
+        let meta = f.metadata().map_err(|e| Refusal(format!("process {name}: pidfile {shown}: {e}")))?;
+        let (owner, mode) = (meta.uid(), meta.mode() & 0o7777);
+        let what = format!("process {name}: pidfile {shown} (owner uid {owner}, mode {mode:04o})");
+        if !meta.is_file() {
+            return Err(Refusal(format!("{what} is not a regular file")));
+        }
+        if mode & 0o022 != 0 {
+            return Err(Refusal(format!(
+                "{what} is writable by group or others, who could make otpatchd checkpoint and restore (kill) \
+                 any process: chmod go-w it"
+            )));
+        }
+        let mut text = String::new();
+        // A pid is a few bytes; a larger file is not a pidfile.
+        (&mut f)
+            .take(64)
+            .read_to_string(&mut text)
+            .map_err(|e| Refusal(format!("process {name}: cannot read pidfile {shown}: {e}")))?;
+        let pid = match text.trim().parse::<i32>() {
+            Ok(pid) if pid > 0 => pid,
+            _ => return Err(Refusal(format!("process {name}: pidfile {shown} holds {:?}, not a pid", text.trim()))),
+        };
+        if owner != 0 {
+            match self.uid(pid) {
+                Some(uid) if uid == owner => {}
+                uid => {
+                    return Err(Refusal(format!(
+                        "{what} is owned neither by root nor by the user of pid {pid} ({}), who alone may name \
+                         it",
+                        uid.map_or("which does not run".into(), |u| format!("uid {u}"))
+                    )))
+                }
+            }
+        }
+        Ok(pid)
+    }
+
+    /// The effective user of a process (`Uid:` of `/proc/PID/status`, second field).
+    pub fn uid(&self, pid: i32) -> Option<u32> {
+        let text = fs::read_to_string(self.path(&format!("{pid}/status"))).ok()?;
+        text.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// A user's uid: numeric, or from the sysroot's `/etc/passwd`.
+    pub fn user_uid(&self, user: &str) -> Option<u32> {
+        if let Ok(uid) = user.parse() {
+            return Some(uid);
+        }
+        let passwd = fs::read_to_string(self.root.path("/etc/passwd")).ok()?;
+        passwd.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == user).then_some(())?;
+            f.nth(1)?.parse().ok()
+        })
+    }
+
+    /// The process running `exe` as `user`: the one match, or the root of the matches when it forked copies of
+    /// itself. Copies run by other users (an engineer testing a program) are not the critical process: ignored.
+    /// `user` `None` is root.
+    fn resolve_exe(&self, name: &str, exe: &Path, user: Option<&str>) -> Result<i32, Refusal> {
+        let (uid, user) = match user {
+            None => (0, "root"),
+            Some(user) => (
+                self.user_uid(user).ok_or_else(|| {
+                    Refusal(format!("process {name}: user {user} is neither a uid nor in /etc/passwd"))
+                })?,
+                user,
+            ),
+        };
+        let (mut matches, mut others) = (Vec::new(), Vec::new());
+        for s in self
             .pids()
             .into_iter()
             .filter(|&pid| self.exe(pid).as_deref() == Some(exe))
             .filter_map(|pid| self.stat(pid))
             .filter(|s| s.state != 'Z' && s.state != 'X')
-            .collect();
+        {
+            match self.uid(s.pid) {
+                Some(u) if u == uid => matches.push(s),
+                u => others.push((s.pid, u)),
+            }
+        }
+        if !others.is_empty() {
+            debug!(process = %name, exe = %exe.display(), uid, ignored = ?others,
+                "processes of other users run the executable; ignored");
+        }
         let pids: BTreeSet<i32> = matches.iter().map(|s| s.pid).collect();
         let roots: Vec<i32> = matches.iter().filter(|s| !pids.contains(&s.ppid)).map(|s| s.pid).collect();
         match roots.as_slice() {
             [pid] => Ok(*pid),
-            [] => Err(Refusal(format!("process {name}: no running process has executable {}", exe.display()))),
+            [] => Err(Refusal(format!(
+                "process {name}: no running process has executable {} as uid {uid} ({user}){}",
+                exe.display(),
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    let o: Vec<String> = others
+                        .iter()
+                        .map(|(p, u)| format!("{p} (uid {})", u.map_or("?".into(), |u| u.to_string())))
+                        .collect();
+                    format!("; other users' copies ignored: {}", o.join(", "))
+                }
+            ))),
             many => Err(Refusal(format!(
-                "process {name}: {} separate processes run {} (pids {}); name it by pidfile or unit instead",
+                "process {name}: {} separate processes of uid {uid} run {} (pids {}); name it by pidfile or unit \
+                 instead",
                 many.len(),
                 exe.display(),
                 many.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
@@ -244,6 +354,9 @@ impl Procfs {
         }
         let stats: Vec<Stat> =
             pids.iter().filter_map(|&p| if p == pid { Some(root.clone()) } else { self.stat(p) }).collect();
+        // A task that exited since the scan is left out of the tree.
+        let pids: Vec<i32> = stats.iter().map(|s| s.pid).collect();
+        let start_times: Vec<u64> = stats.iter().map(|s| s.starttime).collect();
         let in_tree: BTreeSet<i32> = pids.iter().copied().collect();
 
         for s in &stats {
@@ -281,7 +394,7 @@ impl Procfs {
         }
         let rss = pids.iter().map(|&p| self.rss(p)).sum();
         let tcp = self.tcp_connections(&pids);
-        Ok(Tree { root, exe, pids, rss, tcp })
+        Ok(Tree { root, exe, pids, start_times, rss, tcp })
     }
 
     /// The TCP connections (not listeners) whose sockets the tasks hold, from each task's `/proc/PID/net/tcp*`

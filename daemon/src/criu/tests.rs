@@ -2,6 +2,7 @@
 //! lines and writes image files). The real CRIU runs in the QEMU guest (`hil/`, scenario otpatchd-criu).
 
 use std::fs;
+use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,21 @@ const STATS: [u8; 49] = [
 const COMMON_MAGIC: [u8; 4] = [0x19, 0x43, 0x56, 0x54];
 const INVENTORY_MAGIC: [u8; 4] = [0x16, 0x31, 0x31, 0x58];
 
+/// The start time (clock ticks after boot) of the fake processes.
+const START: u64 = 81_234;
+/// What the kernel prints: the command name (15 bytes at most) may hold spaces and parentheses.
+const COMM: &str = "soft) plc (rt";
+
+/// A `/proc/PID/stat` line as Linux 6.1 writes it (52 fields; field 22 is the start time).
+fn stat_line(pid: i32, state: char, ppid: i32, pgrp: i32, sid: i32, tty: i64, start: u64) -> String {
+    format!(
+        "{pid} ({COMM}) {state} {ppid} {pgrp} {sid} {tty} -1 4194560 1523 0 12 0 37 21 0 0 20 0 2 0 {start} \
+         12951552 1043 18446744073709551615 94251337162752 94251337418641 140726403536336 0 0 0 0 4096 16386 0 0 0 \
+         17 1 0 0 0 0 0 94251337500144 94251337510912 94251354619904 140726403541751 140726403541771 \
+         140726403541771 140726403543018 0\n"
+    )
+}
+
 /// A fake machine: `root/` is the sysroot, `criu` the fake CRIU, `calls` what it was asked.
 struct World {
     dir: tempfile::TempDir,
@@ -33,6 +49,33 @@ struct World {
     space: Arc<Mutex<u64>>,
     zombie_on_kill: Arc<Mutex<bool>>,
     main_pid: Arc<Mutex<Result<u32, String>>>,
+    /// The start time a process gets the moment its pidfd is opened: the pid reused right before the open.
+    reuse_on_open: Arc<Mutex<Option<(i32, u64)>>>,
+    opened: Arc<Mutex<Vec<i32>>>,
+}
+
+/// The fake pidfd: SIGKILL removes the process from the fake /proc (or makes it a zombie).
+struct FakePidfd {
+    pid: i32,
+    procdir: PathBuf,
+    killed: Arc<Mutex<Vec<i32>>>,
+    zombie: Arc<Mutex<bool>>,
+}
+
+impl Pidfd for FakePidfd {
+    fn kill(&self) -> io::Result<()> {
+        let pid = self.pid;
+        self.killed.lock().unwrap().push(pid);
+        let d = self.procdir.join(pid.to_string());
+        if *self.zombie.lock().unwrap() {
+            let stat = fs::read_to_string(d.join("stat"))?;
+            let close = stat.rfind(')').unwrap();
+            let (comm, rest) = stat.split_at(close);
+            fs::write(d.join("stat"), format!("{comm}{}", rest.replacen(" S ", " Z ", 1)))?;
+            return Ok(());
+        }
+        fs::rename(&d, self.procdir.join(format!(".dead-{pid}")))
+    }
 }
 
 struct FakeUnits(Arc<Mutex<Result<u32, String>>>);
@@ -53,6 +96,8 @@ impl World {
             space: Arc::new(Mutex::new(1 << 40)),
             zombie_on_kill: Arc::default(),
             main_pid: Arc::new(Mutex::new(Ok(0))),
+            reuse_on_open: Arc::default(),
+            opened: Arc::default(),
         };
         fs::create_dir_all(w.proc_dir().join("sys/kernel/random")).unwrap();
         fs::write(w.proc_dir().join("sys/kernel/random/boot_id"), format!("{BOOT}\n")).unwrap();
@@ -86,14 +131,37 @@ impl World {
         fs::create_dir_all(d.join("fd")).unwrap();
         fs::create_dir_all(d.join("ns")).unwrap();
         fs::create_dir_all(d.join("net")).unwrap();
-        fs::write(d.join("stat"), format!("{pid} (soft plc) {state} {ppid} {pgrp} {sid} {tty} -1 4194304 0 0\n"))
-            .unwrap();
-        fs::write(d.join("status"), format!("Name:\tsoftplc\nVmRSS:\t {rss_kb} kB\nThreads:\t2\n")).unwrap();
+        fs::write(d.join("stat"), stat_line(pid, state, ppid, pgrp, sid, tty, START)).unwrap();
+        let uid = nix::unistd::getuid();
+        fs::write(
+            d.join("status"),
+            format!("Name:\tsoftplc\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nVmRSS:\t {rss_kb} kB\nThreads:\t2\n"),
+        )
+        .unwrap();
         let _ = fs::remove_file(d.join("exe"));
         symlink(exe, d.join("exe")).unwrap();
         let _ = symlink("mnt:[4026531841]", d.join("ns/mnt"));
         let _ = symlink("pid:[4026531836]", d.join("ns/pid"));
         self.fd(pid, 0, "/dev/null");
+    }
+
+    /// Gives a fake process another start time (what a new process holding a reused pid has).
+    fn restarted(&self, pid: i32, start: u64) {
+        let p = self.proc_dir().join(format!("{pid}/stat"));
+        let stat = parse_stat(&fs::read_to_string(&p).unwrap()).unwrap();
+        let line = stat_line(pid, stat.state, stat.ppid, stat.pgrp, stat.session, stat.tty_nr, start);
+        fs::write(p, line).unwrap();
+    }
+
+    /// Makes a fake process run as `uid` (real and effective).
+    fn uid(&self, pid: i32, uid: u32) {
+        let p = self.proc_dir().join(format!("{pid}/status"));
+        let text: Vec<String> = fs::read_to_string(&p)
+            .unwrap()
+            .lines()
+            .map(|l| if l.starts_with("Uid:") { format!("Uid:\t{uid}\t{uid}\t{uid}\t{uid}") } else { l.to_string() })
+            .collect();
+        fs::write(p, text.join("\n") + "\n").unwrap();
     }
 
     fn fd(&self, pid: i32, fd: u32, target: &str) {
@@ -173,6 +241,7 @@ exit 0
 
     fn checkpointer(&self, processes: Vec<CriticalProcess>) -> CriuCheckpointer {
         let (killed, procdir, zombie) = (self.killed.clone(), self.proc_dir(), self.zombie_on_kill.clone());
+        let (reuse, opened) = (self.reuse_on_open.clone(), self.opened.clone());
         let space = self.space.clone();
         let cfg = CriuConfig {
             criu: self.t().join("criu"),
@@ -181,15 +250,19 @@ exit 0
             stop_timeout: Duration::from_millis(300),
             units: Arc::new(FakeUnits(self.main_pid.clone())),
             space: Arc::new(move |_| Ok(*space.lock().unwrap())),
-            kill: Arc::new(move |pid| {
-                killed.lock().unwrap().push(pid);
-                let d = procdir.join(pid.to_string());
-                if *zombie.lock().unwrap() {
-                    let stat = fs::read_to_string(d.join("stat"))?;
-                    fs::write(d.join("stat"), stat.replacen(" S ", " Z ", 1))?;
-                    return Ok(());
+            open: Arc::new(move |pid| {
+                let stat = procdir.join(format!("{pid}/stat"));
+                let text = fs::read_to_string(&stat).map_err(|_| io::Error::from_raw_os_error(nix::libc::ESRCH))?;
+                opened.lock().unwrap().push(pid);
+                let mut reuse = reuse.lock().unwrap();
+                if let Some((_, start)) = reuse.take_if(|(p, _)| *p == pid) {
+                    // The process exits and another takes its pid between the check and the open: the pidfd
+                    // names the new one.
+                    let s = parse_stat(&text).unwrap();
+                    fs::write(&stat, stat_line(pid, s.state, s.ppid, s.pgrp, s.session, s.tty_nr, start))?;
                 }
-                fs::rename(&d, procdir.join(format!(".dead-{pid}")))
+                let (procdir, killed, zombie) = (procdir.clone(), killed.clone(), zombie.clone());
+                Ok(Box::new(FakePidfd { pid, procdir, killed, zombie }) as Box<dyn Pidfd>)
             }),
         };
         CriuCheckpointer::new(self.root(), processes, cfg)
@@ -200,11 +273,13 @@ fn by_pidfile(w: &World, pid: i32) -> CriticalProcess {
     let pf = w.t().join("root/run/softplc.pid");
     fs::create_dir_all(pf.parent().unwrap()).unwrap();
     fs::write(&pf, format!("{pid}\n")).unwrap();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
     CriticalProcess {
         name: "plc".into(),
         selector: ProcessSelector::Pidfile("/run/softplc.pid".into()),
         tcp_established: false,
         pre_dump: false,
+        user: None,
     }
 }
 
@@ -228,12 +303,27 @@ fn err<T: fmt::Debug>(r: BackendResult<T>) -> String {
 
 #[test]
 fn stat_parsing_survives_odd_command_names() {
-    let s = parse_stat("42 (a (weird) name) S 1 42 42 34816 -1 4194560 0").unwrap();
+    let s = parse_stat(&stat_line(42, 'S', 1, 42, 42, 34816, 777_001)).unwrap();
     assert_eq!(
-        (s.pid, s.comm.as_str(), s.state, s.ppid, s.pgrp, s.session, s.tty_nr),
-        (42, "a (weird) name", 'S', 1, 42, 42, 34816)
+        (s.pid, s.comm.as_str(), s.state, s.ppid, s.pgrp, s.session, s.tty_nr, s.starttime),
+        (42, COMM, 'S', 1, 42, 42, 34816, 777_001)
     );
-    assert!(parse_stat("garbage").is_none());
+    // A name that looks like the fields after it: only the last `)` ends it.
+    let s = parse_stat("7 (x) S 1 2 3 0 9) R 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 99 0 0\n").unwrap();
+    assert_eq!((s.comm.as_str(), s.state, s.ppid, s.starttime), ("x) S 1 2 3 0 9", 'R', 1, 99));
+    for bad in [
+        "garbage",
+        "",
+        ")(",
+        "42 (plc) S 1 42 42 0",                                    // cut before the start time
+        "42 (plc) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 -5 0", // a negative start time
+        "42 (plc) SS 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0",
+        "x42 (plc) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0",
+        "4\u{e9}2 (pl\u{e9}) \u{e9} 1",
+        "42 (plc)",
+    ] {
+        assert!(parse_stat(bad).is_none(), "{bad:?}");
+    }
 }
 
 #[test]
@@ -276,7 +366,9 @@ async fn selectors_name_exactly_one_process() {
     let e = procfs.resolve(&p, &units).await.unwrap_err().0;
     assert!(e.contains("process plc: pidfile /run/softplc.pid holds \"x1\", not a pid"), "{e}");
 
-    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), ..p.clone() };
+    // The fake processes run as the test's user.
+    let me = nix::unistd::getuid().to_string();
+    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), user: Some(me.clone()), ..p.clone() };
     assert_eq!(procfs.resolve(&exe, &units).await, Ok(300));
     // A worker it forked runs the same executable: the tree's root is the process.
     w.process(301, 'S', 300, 300, 300, 0, EXE, 1024);
@@ -284,7 +376,7 @@ async fn selectors_name_exactly_one_process() {
     // A second, separate instance: ambiguous.
     w.process(400, 'S', 1, 400, 400, 0, EXE, 1024);
     let e = procfs.resolve(&exe, &units).await.unwrap_err().0;
-    assert!(e.contains("2 separate processes run /usr/bin/softplc (pids 300, 400)"), "{e}");
+    assert!(e.contains(&format!("2 separate processes of uid {} run /usr/bin/softplc (pids 300, 400)", me)), "{e}");
     let none = CriticalProcess { selector: ProcessSelector::Exe("/usr/bin/other".into()), ..p.clone() };
     let e = procfs.resolve(&none, &units).await.unwrap_err().0;
     assert!(e.contains("no running process has executable /usr/bin/other"), "{e}");
@@ -298,6 +390,99 @@ async fn selectors_name_exactly_one_process() {
     *w.main_pid.lock().unwrap() = Err("Unit softplc.service not loaded.".into());
     let e = procfs.resolve(&unit, &units).await.unwrap_err().0;
     assert!(e.contains("cannot ask systemd for softplc.service's main pid: Unit softplc.service not loaded."), "{e}");
+}
+
+#[tokio::test]
+async fn an_exe_selector_ignores_copies_run_by_other_users() {
+    let w = World::new();
+    let pid = w.plc();
+    w.uid(pid, 0);
+    let procfs = Procfs::new(w.root());
+    let units = FakeUnits(w.main_pid.clone());
+    let exe = CriticalProcess { selector: ProcessSelector::Exe(EXE.into()), ..by_pidfile(&w, pid) };
+    // An engineer runs a copy of the PLC runtime to test a program: not the critical process.
+    w.process(400, 'S', 1, 400, 400, 0, EXE, 1024);
+    w.uid(400, 1000);
+    assert_eq!(procfs.resolve(&exe, &units).await, Ok(300));
+    // A second root copy is still ambiguous.
+    w.process(500, 'S', 1, 500, 500, 0, EXE, 1024);
+    w.uid(500, 0);
+    let e = procfs.resolve(&exe, &units).await.unwrap_err().0;
+    assert!(e.contains("2 separate processes of uid 0 run /usr/bin/softplc (pids 300, 500)"), "{e}");
+
+    // A policy naming the user: its copy, by name (the sysroot's /etc/passwd) or by uid.
+    fs::create_dir_all(w.t().join("root/etc")).unwrap();
+    fs::write(w.t().join("root/etc/passwd"), "root:x:0:0::/root:/bin/sh\nplc:x:1000:1000::/home/plc:/bin/sh\n")
+        .unwrap();
+    for user in ["plc", "1000"] {
+        let by_user = CriticalProcess { user: Some(user.into()), ..exe.clone() };
+        assert_eq!(procfs.resolve(&by_user, &units).await, Ok(400), "{user}");
+    }
+    let nobody = CriticalProcess { user: Some("historian".into()), ..exe.clone() };
+    let e = procfs.resolve(&nobody, &units).await.unwrap_err().0;
+    assert!(e.contains("process plc: user historian is neither a uid nor in /etc/passwd"), "{e}");
+    let by_uid = CriticalProcess { user: Some("2000".into()), ..exe };
+    let e = procfs.resolve(&by_uid, &units).await.unwrap_err().0;
+    assert!(
+        e.contains(
+            "no running process has executable /usr/bin/softplc as uid 2000 (2000); other users' copies ignored: \
+             300 (uid 0), 400 (uid 1000), 500 (uid 0)"
+        ),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_pidfile_others_can_write_or_a_symlink_is_refused() {
+    let w = World::new();
+    let pid = w.plc();
+    let procfs = Procfs::new(w.root());
+    let units = FakeUnits(w.main_pid.clone());
+    let p = by_pidfile(&w, pid);
+    let pf = w.t().join("root/run/softplc.pid");
+    let me = nix::unistd::getuid().as_raw();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(procfs.resolve(&p, &units).await, Ok(300));
+
+    for mode in [0o664, 0o646, 0o666] {
+        fs::set_permissions(&pf, fs::Permissions::from_mode(mode)).unwrap();
+        let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+        assert!(
+            e.contains(&format!(
+                "process plc: pidfile /run/softplc.pid (owner uid {me}, mode {mode:04o}) is writable by group or \
+                 others"
+            )),
+            "{e}"
+        );
+    }
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
+
+    // Owned by a user who is neither root nor the process's: that user could name any pid.
+    let (owner, process_uid) = if me == 0 {
+        nix::unistd::chown(&pf, Some(nix::unistd::Uid::from_raw(1234)), None).unwrap();
+        (1234, 0)
+    } else {
+        (me, me + 1)
+    };
+    w.uid(300, process_uid);
+    let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+    assert!(
+        e.contains(&format!(
+            "process plc: pidfile /run/softplc.pid (owner uid {owner}, mode 0644) is owned neither by root nor by \
+             the user of pid 300 (uid {process_uid})"
+        )),
+        "{e}"
+    );
+    // The process's own user may own its pidfile.
+    w.uid(300, owner);
+    assert_eq!(procfs.resolve(&p, &units).await, Ok(300));
+
+    // A symlink is refused, not followed (whoever can write its directory could point it anywhere).
+    fs::write(w.t().join("root/run/real.pid"), "300\n").unwrap();
+    fs::remove_file(&pf).unwrap();
+    symlink("real.pid", &pf).unwrap();
+    let e = procfs.resolve(&p, &units).await.unwrap_err().0;
+    assert!(e.contains("process plc: pidfile /run/softplc.pid is a symbolic link; not followed"), "{e}");
 }
 
 // ---------------------------------------------------------------- preflight
@@ -330,7 +515,7 @@ async fn preflight_refuses_a_process_holding_a_terminal() {
     w.process(310, 'S', 300, 300, 300, 0, "/bin/sh", 100);
     w.fd(310, 2, "/dev/ttyS0");
     let e = err(c.preflight().await);
-    assert!(e.contains("its child 310 (soft plc) holds a terminal (fd 2 -> /dev/ttyS0)"), "{e}");
+    assert!(e.contains("its child 310 (soft) plc (rt) holds a terminal (fd 2 -> /dev/ttyS0)"), "{e}");
 }
 
 #[tokio::test]
@@ -580,6 +765,86 @@ async fn restore_never_stops_an_unrelated_process_holding_the_pid() {
     let e = err(c.restore(&cp).await);
     assert!(e.contains("pid 300 now runs /usr/sbin/sshd, not /usr/bin/softplc"), "{e}");
     assert!(w.killed.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn restore_never_kills_a_new_process_of_the_same_executable_on_the_pid() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    // The PLC died in the window, pid 300 was reused by another softplc started later.
+    w.restarted(300, START + 5000);
+    let e = err(c.restore(&cp).await);
+    assert!(
+        e.contains(&format!(
+            "pid 300 was reused: the checkpointed process started at {START} (clock ticks after boot), the one \
+             running now at {}",
+            START + 5000
+        )) && e.contains("not stopped"),
+        "{e}"
+    );
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert_eq!(w.calls().len(), 1, "only the dump ran");
+}
+
+#[tokio::test]
+async fn a_pid_reused_between_the_check_and_the_pidfd_is_not_signalled() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    *w.reuse_on_open.lock().unwrap() = Some((300, START + 9));
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains(&format!("started at {START}")) && e.contains(&format!("now at {}", START + 9)), "{e}");
+    assert_eq!(*w.opened.lock().unwrap(), vec![300]);
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert_eq!(w.calls().len(), 1, "only the dump ran");
+}
+
+#[test]
+fn the_kernel_pidfd_kills_the_process_it_opened() {
+    let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let fd = open_pidfd(pid).unwrap();
+    fd.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    // Reaped: the pidfd names the exited process, never a later holder of the pid.
+    assert_eq!(fd.kill().unwrap_err().raw_os_error(), Some(nix::libc::ESRCH));
+}
+
+#[tokio::test]
+async fn a_child_pid_reused_before_the_signal_is_not_signalled() {
+    let w = World::new();
+    w.plc();
+    w.process(310, 'S', 300, 300, 300, 0, EXE, 1024);
+    let c = w.checkpointer(vec![by_pidfile(&w, 300)]);
+    let cp = c.checkpoint(&window("w-6")).await.unwrap();
+    // The worker exits after the tree was read and its pid goes to another process before the pidfd is open.
+    *w.reuse_on_open.lock().unwrap() = Some((310, START + 70));
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains("310 is still running"), "{e}");
+    assert_eq!(*w.opened.lock().unwrap(), vec![300, 310]);
+    assert_eq!(*w.killed.lock().unwrap(), vec![300]);
+}
+
+#[tokio::test]
+async fn a_manifest_without_start_time_never_stops_a_running_pid() {
+    let w = World::new();
+    let (c, cp) = checkpointed(&w).await;
+    let dir = w.images().join("w-5/plc");
+    let mut m = Manifest::load(&dir).unwrap();
+    assert_eq!(m.start_time, Some(START));
+    // What an older otpatchd wrote: no start_time key.
+    m.start_time = None;
+    let mut json: serde_json::Value = serde_json::to_value(&m).unwrap();
+    json.as_object_mut().unwrap().remove("start_time");
+    fs::write(dir.join("manifest.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    let e = err(c.restore(&cp).await);
+    assert!(e.contains("records no start time") && e.contains("not stopped"), "{e}");
+    assert!(w.killed.lock().unwrap().is_empty());
+    // Once the pid is free there is nothing to mistake: the set is restored.
+    fs::rename(w.proc_dir().join("300"), w.proc_dir().join(".dead-300")).unwrap();
+    c.restore(&cp).await.unwrap();
+    assert!(w.killed.lock().unwrap().is_empty());
+    assert!(Procfs::new(w.root()).alive(300));
 }
 
 #[tokio::test]
