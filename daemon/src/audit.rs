@@ -96,28 +96,34 @@ impl AuditLog {
 
     /// Up to `max` record lines starting at sequence number `from_seq`.
     pub fn read(&self, from_seq: u64, max: usize) -> io::Result<Vec<String>> {
-        let f = File::open(&self.path)?;
-        let mut out = Vec::new();
-        for line in BufReader::new(f).lines() {
-            let line = line?;
-            if out.len() >= max {
-                break;
-            }
-            // Cheap filter on the seq field; records are written in order.
-            let seq = serde_json::from_str::<serde_json::Value>(&line)
-                .ok()
-                .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
-                .unwrap_or(0);
-            if seq >= from_seq {
-                out.push(line);
-            }
-        }
-        Ok(out)
+        read_file(&self.path, from_seq, max)
     }
 
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
+}
+
+/// Records (JSON lines) of the audit log at `path` from `from_seq`, at most `max`: what `GetAuditLog` serves, read
+/// off the event loop (the log only grows by whole lines, each appended with one write).
+pub fn read_file(path: &Path, from_seq: u64, max: usize) -> io::Result<Vec<String>> {
+    let f = File::open(path)?;
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        if out.len() >= max {
+            break;
+        }
+        // Cheap filter on the seq field; records are written in order.
+        let seq = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(|s| s.as_u64()))
+            .unwrap_or(0);
+        if seq >= from_seq {
+            out.push(line);
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -182,6 +182,9 @@ pub struct Orchestrator {
     watchdog: Option<(Duration, Watchdog)>,
 }
 
+/// How often the status snapshot's segmentation view (drop counters) is refreshed while segmented.
+const SEGMENTATION_VIEW_EVERY: Duration = Duration::from_secs(5);
+
 /// Tells systemd the daemon is alive (`WATCHDOG=1`).
 pub type Watchdog = Arc<dyn Fn() + Send + Sync>;
 
@@ -489,6 +492,8 @@ impl Orchestrator {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (tick, ping)
         });
+        let mut view_tick = tokio::time::interval(SEGMENTATION_VIEW_EVERY);
+        view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Each turn handles one thing; every wait is bounded by a timer, a command or an action finishing.
         loop {
             if self.rebuild_pending && !self.state.in_progress() {
@@ -526,6 +531,7 @@ impl Orchestrator {
                         ping();
                     }
                 }
+                _ = view_tick.tick(), if self.segmented => self.refresh_segmentation_view().await,
                 ev = inflight => {
                     self.inflight = None;
                     self.feed(ev).await;
@@ -563,6 +569,25 @@ impl Orchestrator {
             Ok(_) => self.audit_log("shutdown", None, None, serde_json::json!({"lifted": false})),
             Err(e) => error!(error = %e, "could not lift segmentation on shutdown"),
         }
+    }
+
+    /// Puts what the firewall has in place (backend, ruleset, drops) into the status snapshot: when segmentation
+    /// goes up and every few seconds while it is, so status readers never make the loop ask the firewall.
+    async fn refresh_segmentation_view(&mut self) {
+        if !self.segmented {
+            self.status.send_if_modified(|s| !std::mem::take(&mut s.segmentation_ruleset).is_empty());
+            return;
+        }
+        let view = self.backends.firewall.inspect().await;
+        self.status.send_modify(|s| match view {
+            Ok(Some(v)) => {
+                s.segmentation_backend = v.backend;
+                s.segmentation_dropped = v.dropped_packets;
+                s.segmentation_ruleset = v.ruleset;
+            }
+            Ok(None) => {}
+            Err(e) => s.segmentation_ruleset = format!("(cannot read the ruleset: {e})"),
+        });
     }
 
     /// The probes keep being read from the baseline on, while the change goes in and while it comes out (the
@@ -645,6 +670,9 @@ impl Orchestrator {
                 }
             };
             self.note_event(&ev);
+            if matches!(ev, Event::SegmentationApplied | Event::Lifted) {
+                self.refresh_segmentation_view().await;
+            }
             if next != self.state {
                 let journaled = self.enter(next, ev.name());
                 self.sync_health_watch().await;
@@ -1080,19 +1108,7 @@ impl Orchestrator {
                 let _ = reply.send(Ok(self.backends.health.probes()));
             }
             Command::Status { reply } => {
-                let mut snap = self.status.borrow().clone();
-                if self.segmented {
-                    match self.backends.firewall.inspect().await {
-                        Ok(Some(v)) => {
-                            snap.segmentation_backend = v.backend;
-                            snap.segmentation_dropped = v.dropped_packets;
-                            snap.segmentation_ruleset = v.ruleset;
-                        }
-                        Ok(None) => {}
-                        Err(e) => snap.segmentation_ruleset = format!("(cannot read the ruleset: {e})"),
-                    }
-                }
-                let _ = reply.send(Ok(snap));
+                let _ = reply.send(Ok(self.status.borrow().clone()));
             }
             Command::AuditLog { from_seq, max, reply } => {
                 let r = self
