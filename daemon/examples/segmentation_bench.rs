@@ -28,6 +28,7 @@ fn plan() -> SegmentationPlan {
     SegmentationPlan {
         window_id: "bench".into(),
         server: Some(("198.18.9.1".into(), 8443)),
+        server_addrs: vec![],
         flows: (0..49)
             .map(|i| Flow {
                 name: format!("flow{i}"),

@@ -51,8 +51,11 @@ pub type ProgressFn = Arc<dyn Fn(i32, String) + Send + Sync>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentationPlan {
     pub window_id: String,
-    /// The patch server's host and port (resolved by the backend).
+    /// The patch server's host and port.
     pub server: Option<(String, u16)>,
+    /// Its addresses, resolved once before segmentation ([`crate::firewall::ServerAddresses`]); empty: the
+    /// backend resolves the host itself.
+    pub server_addrs: Vec<SocketAddr>,
     /// OT flows from the policy.
     pub flows: Vec<Flow>,
     /// Every health-probe target, kept reachable.

@@ -900,6 +900,7 @@ impl Orchestrator {
         SegmentationPlan {
             window_id: window.id.clone(),
             server: s.server.as_ref().map(|p| (p.host.clone(), p.port)),
+            server_addrs: vec![],
             flows: s.segmentation.allow.clone(),
             probe_targets: s
                 .probes
@@ -931,11 +932,29 @@ impl Orchestrator {
                 Event::PreflightPassed
             }),
             Action::Segment { window } => {
-                let plan = self.segmentation_plan(&window);
+                let mut plan = self.segmentation_plan(&window);
                 let enabled = self.settings.segmentation.enabled;
+                let server = self.settings.server.as_ref().map(|s| (s.host.clone(), s.port, s.addresses.clone()));
+                let state_dir = self.sysroot.state_dir();
                 Box::pin(async move {
                     if !enabled {
                         return Event::SegmentationApplied;
+                    }
+                    // Resolved once, before the rules go up, and recorded: the rules and the fetcher use exactly
+                    // these, and a restart in this window uses them again.
+                    if let Some((host, port, pinned)) = server {
+                        match crate::firewall::ServerAddresses::for_window(
+                            &state_dir,
+                            &plan.window_id,
+                            &host,
+                            port,
+                            &pinned,
+                        )
+                        .await
+                        {
+                            Ok(addrs) => plan.server_addrs = addrs,
+                            Err(e) => return Event::SegmentationFailed { error: e.to_string() },
+                        }
                     }
                     match b.firewall.apply(&plan).await {
                         Ok(()) => Event::SegmentationApplied,

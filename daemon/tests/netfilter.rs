@@ -237,6 +237,7 @@ fn plan() -> SegmentationPlan {
     SegmentationPlan {
         window_id: "w-test".into(),
         server: Some(("198.18.1.2".into(), 8443)),
+        server_addrs: vec![],
         flows: vec![],
         probe_targets: vec!["198.18.2.2:502".parse().unwrap()],
         log_drops: true,
@@ -332,6 +333,7 @@ fn strict_scenario(t: &Topology, fw: &dyn Firewall, site_rules: &[Vec<String>]) 
     let plan = SegmentationPlan {
         window_id: "w-strict".into(),
         server: Some(("198.18.1.2".into(), 8443)),
+        server_addrs: vec![],
         flows: vec![
             // Routed OT traffic to the PLC: 502 the site allows, 503 the site drops on FORWARD.
             flow("plc-modbus", "198.18.2.2", 502, Direction::Outbound, true),

@@ -174,6 +174,7 @@ impl Nginx {
             ca: self.path("server-ca.pem"),
             client_cert: self.path("gateway.pem"),
             client_key: self.path("gateway.key"),
+            addresses: vec![],
         }
     }
 

@@ -258,6 +258,10 @@ pub struct PatchServer {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// The server's addresses, pinned by the policy (no name resolution at all); empty: the host is resolved once
+    /// per window, before segmentation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -239,6 +239,17 @@ fn server_url_is_normalised() {
 }
 
 #[test]
+fn server_addresses_can_be_pinned() {
+    let base = "[server]\nurl = \"https://patch.example.net/\"\nca = \"/etc/otpatch/ca.pem\"\nclient_cert = \"/etc/otpatch/c.pem\"\nclient_key = \"/etc/otpatch/c.key\"\n";
+    assert!(ok(&with(base)).server.unwrap().addresses.is_empty());
+    let s = ok(&with(&format!("{base}addresses = [\"10.0.5.20\", \"fd00::5\"]\n")));
+    let want: Vec<std::net::IpAddr> = vec!["10.0.5.20".parse().unwrap(), "fd00::5".parse().unwrap()];
+    assert_eq!(s.server.unwrap().addresses, want);
+    let errs = error_lines(&with(&format!("{base}addresses = [\"10.0.5.300\"]\n")));
+    assert!(errs.iter().any(|e| e.contains("server.addresses") && e.contains("an IP address")), "{errs:?}");
+}
+
+#[test]
 fn windows() {
     let s = ok(&with(
         r#"[window.sunday-night]
@@ -443,7 +454,7 @@ fn unknown_key_nested() {
     ));
     assert_eq!(
         e.to_string(),
-        "site.toml:12:1: server.id: unknown key \"id\"; the keys allowed in [server] are: url, ca, client_cert, client_key"
+        "site.toml:12:1: server.id: unknown key \"id\"; the keys allowed in [server] are: url, ca, client_cert, client_key, addresses"
     );
 }
 

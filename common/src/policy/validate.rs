@@ -449,7 +449,7 @@ impl<'t> Checker<'_> {
 
     fn server(&mut self, root: &Tbl<'t>) -> Option<PatchServer> {
         let Got::Ok(t, _) = self.table(root, "server") else { return None };
-        self.keys(&t, &["url", "ca", "client_cert", "client_key"]);
+        self.keys(&t, &["url", "ca", "client_cert", "client_key", "addresses"]);
         let url = self.value(&t, "url", |v| match v {
             Val::Str(s) => parse_https_url(s).map_err(Bad::Message),
             _ => Err(expected("an https:// URL")),
@@ -461,8 +461,21 @@ impl<'t> Checker<'_> {
         let cert = self.required(&t, "client_cert", cert);
         let key = self.abs_path(&t, "client_key");
         let key = self.required(&t, "client_key", key);
+        let addresses = match self.array(&t, "addresses") {
+            Got::Ok(items, _) => items
+                .iter()
+                .filter_map(|n| {
+                    self.node(n, t.key("addresses"), |v| match v {
+                        Val::Str(s) => s.parse::<IpAddr>().map_err(|_| expected("an IP address like \"10.0.5.20\"")),
+                        _ => Err(expected("an IP address like \"10.0.5.20\"")),
+                    })
+                    .value()
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let (url, host, port) = url?;
-        Some(PatchServer { url, host, port, ca: ca?, client_cert: cert?, client_key: key? })
+        Some(PatchServer { url, host, port, ca: ca?, client_cert: cert?, client_key: key?, addresses })
     }
 
     fn trust(&mut self, root: &Tbl<'t>) -> Option<Trust> {

@@ -77,8 +77,9 @@ pub struct Channel {
     server: PatchServer,
     connector: TlsConnector,
     limits: ChannelLimits,
-    /// Connect here instead of resolving the server's host (tests put a fault-injecting proxy in between).
-    connect_to: Option<SocketAddr>,
+    /// Connect to these (in order) instead of resolving the server's host: the addresses resolved once for the
+    /// window (or a test's fault-injecting proxy).
+    connect_to: Vec<SocketAddr>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -98,12 +99,18 @@ fn transient(msg: String) -> (bool, BackendError) {
 
 impl Channel {
     pub fn new(server: PatchServer, tls: Arc<rustls::ClientConfig>, limits: ChannelLimits) -> Self {
-        Channel { server, connector: TlsConnector::from(tls), limits, connect_to: None }
+        Channel { server, connector: TlsConnector::from(tls), limits, connect_to: Vec::new() }
     }
 
     /// Connects to `addr` instead of the server's resolved address (the TLS name stays the server's).
     pub fn connect_via(mut self, addr: SocketAddr) -> Self {
-        self.connect_to = Some(addr);
+        self.connect_to = vec![addr];
+        self
+    }
+
+    /// Connects to the first of `addrs` that answers (the TLS name stays the server's); none resolves anything.
+    pub fn connect_via_any(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.connect_to = addrs;
         self
     }
 
@@ -115,9 +122,9 @@ impl Channel {
     async fn connect(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (bool, BackendError)> {
         let host = &self.server.host;
         let t = self.limits.io_timeout;
-        let tcp = match self.connect_to {
-            Some(a) => tokio::time::timeout(t, TcpStream::connect(a)).await,
-            None => tokio::time::timeout(t, TcpStream::connect((host.as_str(), self.server.port))).await,
+        let tcp = match self.connect_to.as_slice() {
+            [] => tokio::time::timeout(t, TcpStream::connect((host.as_str(), self.server.port))).await,
+            addrs => tokio::time::timeout(t, TcpStream::connect(addrs)).await,
         }
         .map_err(|_| transient(format!("connecting to {host}:{} timed out", self.server.port)))?
         .map_err(|e| transient(format!("cannot connect to {host}:{}: {e}", self.server.port)))?;
@@ -453,16 +460,18 @@ impl HttpsFetcher {
 #[async_trait]
 impl Fetcher for HttpsFetcher {
     async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome> {
-        let idx = self.index(window, &progress).await?;
+        let ch = self.channel_for(window)?;
+        let idx = self.index(&ch, window, &progress).await?;
         let installed = (self.installed)();
         let Some(entry) = idx.pick(&self.compatible, installed.as_deref()) else {
             return Ok(FetchOutcome::NothingNewer);
         };
-        Ok(FetchOutcome::Bundle(self.get(entry, &progress).await?))
+        Ok(FetchOutcome::Bundle(self.get(&ch, entry, &progress).await?))
     }
 
     async fn fetch_named(&self, window: &WindowCtx, file: &str, progress: ProgressFn) -> BackendResult<BundleRef> {
-        let idx = self.index(window, &progress).await?;
+        let ch = self.channel_for(window)?;
+        let idx = self.index(&ch, window, &progress).await?;
         // Only what the signed index lists (with its size and digest), and only for this gateway.
         let Some(entry) = idx.bundles.iter().find(|e| e.file == file && e.compatible == self.compatible) else {
             return Err(BackendError::new(format!(
@@ -470,16 +479,25 @@ impl Fetcher for HttpsFetcher {
                 self.compatible
             )));
         };
-        self.get(entry, &progress).await
+        self.get(&ch, entry, &progress).await
     }
 }
 
 impl HttpsFetcher {
+    /// The channel for `window`: to exactly the addresses resolved for it before segmentation, when they were
+    /// (the rules allow only those, and no DNS is needed); otherwise as configured.
+    fn channel_for(&self, window: &WindowCtx) -> BackendResult<Channel> {
+        Ok(match crate::firewall::ServerAddresses::load(&self.state_dir, &window.id)? {
+            Some(r) => self.channel.clone().connect_via_any(r.addrs),
+            None => self.channel.clone(),
+        })
+    }
+
     /// Reads, verifies and checks the signed index (signature, freshness, no replay), and remembers it.
-    async fn index(&self, window: &WindowCtx, progress: &ProgressFn) -> BackendResult<Index> {
+    async fn index(&self, channel: &Channel, window: &WindowCtx, progress: &ProgressFn) -> BackendResult<Index> {
         progress(-1, "reading the patch server's index".into());
-        let content = self.channel.get_small("index.json", 1 << 20).await?;
-        let sig = self.channel.get_small("index.json.sig", 256 << 10).await?;
+        let content = channel.get_small("index.json", 1 << 20).await?;
+        let sig = channel.get_small("index.json.sig", 256 << 10).await?;
         let now = self.verifier.check_time(self.clock.now());
         // Untrusted bytes from whoever answers on the patch channel: parsed off the runtime, and a panic of the
         // parser is a refusal, never the daemon's end.
@@ -500,11 +518,11 @@ impl HttpsFetcher {
     }
 
     /// Downloads one index entry (resumable, size and digest checked) into `<state>/bundles/`.
-    async fn get(&self, entry: &IndexEntry, progress: &ProgressFn) -> BackendResult<BundleRef> {
+    async fn get(&self, channel: &Channel, entry: &IndexEntry, progress: &ProgressFn) -> BackendResult<BundleRef> {
         let dest = self.state_dir.join("bundles").join(&entry.file);
         let part_dir = self.state_dir.join("downloads");
         let staging = part_dir.join(&entry.file);
-        self.channel.download(&entry.file, &staging, entry.size, &entry.sha256, self.max_download, progress).await?;
+        channel.download(&entry.file, &staging, entry.size, &entry.sha256, self.max_download, progress).await?;
         if let Some(dir) = dest.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
         }

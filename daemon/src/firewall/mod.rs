@@ -51,6 +51,71 @@ pub struct Rule {
     pub why: String,
 }
 
+/// The patch server's addresses for one window: resolved once, before segmentation (or pinned by the policy), and
+/// written down before the rules go up, so that the ruleset allows exactly these, the fetcher connects to exactly
+/// these (TLS still checks the server's name), and a daemon that restarts mid-window uses the same ones. No DNS
+/// traffic is needed while the window is segmented. Kept in `<state>/server-addresses.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerAddresses {
+    pub window_id: String,
+    pub host: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl ServerAddresses {
+    pub fn path(state_dir: &std::path::Path) -> std::path::PathBuf {
+        state_dir.join("server-addresses.json")
+    }
+
+    /// The record for `window_id`, if one was written for it (an unreadable record is an error).
+    pub fn load(state_dir: &std::path::Path, window_id: &str) -> BackendResult<Option<ServerAddresses>> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(b) => {
+                let r: ServerAddresses = serde_json::from_slice(&b)
+                    .map_err(|e| BackendError::new(format!("{} is unreadable: {e}", path.display())))?;
+                Ok((r.window_id == window_id).then_some(r))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BackendError::new(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// The addresses for `window_id`: the ones recorded for it (recovery), else the policy's pinned ones, else
+    /// the host resolved now; recorded before they are returned.
+    pub async fn for_window(
+        state_dir: &std::path::Path,
+        window_id: &str,
+        host: &str,
+        port: u16,
+        pinned: &[IpAddr],
+    ) -> BackendResult<Vec<SocketAddr>> {
+        if let Some(r) = Self::load(state_dir, window_id)? {
+            if r.host == host && !r.addrs.is_empty() {
+                return Ok(r.addrs);
+            }
+        }
+        let addrs = if pinned.is_empty() {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| BackendError::new(format!("cannot resolve the patch server {host}: {e}")))?
+                .collect();
+            dedup(found)
+        } else {
+            pinned.iter().map(|a| SocketAddr::new(*a, port)).collect()
+        };
+        if addrs.is_empty() {
+            return Err(BackendError::new(format!("the patch server {host} has no address")));
+        }
+        let record = ServerAddresses { window_id: window_id.into(), host: host.into(), addrs: addrs.clone() };
+        let text = serde_json::to_vec(&record).map_err(|e| BackendError::new(e.to_string()))?;
+        std::fs::create_dir_all(state_dir).map_err(|e| BackendError::new(format!("{}: {e}", state_dir.display())))?;
+        crate::fsutil::write_atomic(&Self::path(state_dir), &text)
+            .map_err(|e| BackendError::new(format!("recording the patch server's addresses: {e}")))?;
+        Ok(addrs)
+    }
+}
+
 /// The resolved ruleset of one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
@@ -65,10 +130,16 @@ impl Ruleset {
     pub async fn resolve(plan: &SegmentationPlan) -> BackendResult<Ruleset> {
         let mut rules = Vec::new();
         if let Some((host, port)) = &plan.server {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
-                .await
-                .map_err(|e| BackendError::new(format!("cannot resolve the patch server {host}: {e}")))?
-                .collect();
+            // The orchestrator resolved them before segmenting (and recorded them); only a plan made without that
+            // (a test, a tool) is resolved here.
+            let addrs: Vec<SocketAddr> = if plan.server_addrs.is_empty() {
+                tokio::net::lookup_host((host.as_str(), *port))
+                    .await
+                    .map_err(|e| BackendError::new(format!("cannot resolve the patch server {host}: {e}")))?
+                    .collect()
+            } else {
+                plan.server_addrs.clone()
+            };
             if addrs.is_empty() {
                 return Err(BackendError::new(format!("the patch server {host} has no address")));
             }
@@ -267,6 +338,7 @@ mod tests {
         let plan = SegmentationPlan {
             window_id: "w-1".into(),
             server: Some(("127.0.0.1".into(), 8443)),
+            server_addrs: vec![],
             flows: vec![
                 Flow {
                     name: "historian".into(),
@@ -294,10 +366,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn server_addresses_are_resolved_once_per_window_and_reused_by_its_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let pinned: Vec<IpAddr> = vec!["198.18.1.2".parse().unwrap()];
+        // Pinned by the policy: no resolution at all (the name does not resolve), recorded for the window.
+        let a = ServerAddresses::for_window(state, "w-1", "patch.invalid", 8443, &pinned).await.unwrap();
+        assert_eq!(a, vec!["198.18.1.2:8443".parse::<SocketAddr>().unwrap()]);
+        // A restart in the same window uses what was recorded, even with no pin and no resolver.
+        let again = ServerAddresses::for_window(state, "w-1", "patch.invalid", 8443, &[]).await.unwrap();
+        assert_eq!(again, a);
+        assert_eq!(ServerAddresses::load(state, "w-1").unwrap().unwrap().addrs, a);
+        // The next window resolves again (and this name cannot be).
+        let e = ServerAddresses::for_window(state, "w-2", "patch.invalid", 8443, &[]).await.unwrap_err();
+        assert!(e.0.contains("patch.invalid"), "{e}");
+        assert_eq!(ServerAddresses::load(state, "w-2").unwrap(), None);
+        // The ruleset allows exactly the recorded addresses, without resolving the name.
+        let plan = SegmentationPlan {
+            window_id: "w-1".into(),
+            server: Some(("patch.invalid".into(), 8443)),
+            server_addrs: a.clone(),
+            flows: vec![],
+            probe_targets: vec![],
+            log_drops: false,
+        };
+        let rs = Ruleset::resolve(&plan).await.unwrap();
+        assert_eq!(rs.rules.iter().map(|r| (r.addr, r.port)).collect::<Vec<_>>(), vec![(pinned[0], 8443)]);
+        // A damaged record is an error, not "nothing recorded".
+        std::fs::write(ServerAddresses::path(state), b"{").unwrap();
+        assert!(ServerAddresses::load(state, "w-1").is_err());
+    }
+
+    #[tokio::test]
     async fn an_unresolvable_server_is_a_clear_error() {
         let plan = SegmentationPlan {
             window_id: "w-1".into(),
             server: Some(("no-such-host.invalid".into(), 443)),
+            server_addrs: vec![],
             flows: vec![],
             probe_targets: vec![],
             log_drops: false,
