@@ -22,6 +22,7 @@ pub mod livepatch;
 pub mod orchestrator;
 pub mod rauc;
 pub mod reboot;
+pub mod rolled_back;
 pub mod service;
 pub mod sysroot;
 pub mod verify;

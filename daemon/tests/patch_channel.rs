@@ -471,7 +471,7 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     let fetcher = index_fetcher(&n, state.path(), Arc::new(move || i2.lock().unwrap().clone()));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
-    match r.block_on(fetcher.fetch(&window, no_progress())).unwrap() {
+    match r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap() {
         FetchOutcome::Bundle(b) => {
             assert_eq!(b.path, state.path().join("bundles/lp-1.2.0.otb"));
             assert_eq!(std::fs::metadata(&b.path).unwrap().len(), 200_000);
@@ -480,7 +480,10 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     }
     // Once 1.2.0 is committed, the same index offers nothing newer.
     *installed.lock().unwrap() = Some("1.2.0".into());
-    assert_eq!(r.block_on(fetcher.fetch(&window, no_progress())).unwrap(), FetchOutcome::NothingNewer);
+    assert_eq!(
+        r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap(),
+        FetchOutcome::NothingNewer
+    );
     // An index past its expiry (a frozen mirror) is refused.
     publish_index(
         &n,
@@ -488,18 +491,18 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
         &(now - jiff::SignedDuration::from_secs(60)).to_string(),
         entry("1.3.0"),
     );
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("expired"), "{e}");
     // An index issued before the one already accepted (a replay) is refused.
     publish_index(&n, &(now - day - day).to_string(), &(now + day).to_string(), entry("1.3.0"));
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("replayed"), "{e}");
     // An index changed after signing is refused.
     publish_index(&n, &now.to_string(), &(now + day).to_string(), entry("1.3.0"));
     let idx = n.path("www/otpatch/index.json");
     let text = std::fs::read_to_string(&idx).unwrap().replace("1.3.0", "9.9.9");
     std::fs::write(&idx, text).unwrap();
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("signature refused"), "{e}");
 }
 
@@ -569,12 +572,12 @@ fn an_unreadable_replay_state_fails_closed_and_a_verifier_panic_is_a_refusal() {
     let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("index-state.json") && e.0.contains("unreadable"), "{e}");
     std::fs::remove_file(state.path().join("index-state.json")).unwrap();
 
     let mut fetcher = fetcher;
     fetcher.verifier = Arc::new(PanickingIndex);
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("index.json signature refused") && e.0.contains("panicked"), "{e}");
 }

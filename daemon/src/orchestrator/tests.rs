@@ -593,3 +593,74 @@ async fn a_committed_fix_that_cannot_be_put_back_is_shown_as_not_carried() {
     assert!(audit.contains(r#""kind":"boot-reapply-failed""#), "{audit}");
     r.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rolled_back_version_is_not_installed_again_until_an_operator_retries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let world_file = dir.path().join("world.json");
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    // 1.0.2 goes in and the plant's health fails with it.
+    let bad = script(|s| {
+        s.version = "1.0.2".into();
+        s.health = FakeHealth::Fail;
+    });
+    let world = FakeWorld::persistent(&world_file, bad);
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    let first = r.completed(&mut notices).await;
+    assert!(first.starts_with("rolled-back: health failed"), "{first}");
+    r.stop().await;
+
+    // The next window is offered the same 1.0.2 (the plant would be healthy now): it is not applied.
+    let same = script(|s| s.version = "1.0.2".into());
+    let world = FakeWorld::persistent(&world_file, same.clone());
+    let r = start(dir.path(), &world, clock.clone(), settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T02:10", "90m").await.unwrap();
+    let second = r.completed(&mut notices).await;
+    assert!(second.starts_with("up-to-date: 1.0.2 was rolled back on 2026-12-01"), "{second}");
+    assert!(second.contains("health failed") && second.contains("otpatchctl retry 1.0.2"), "{second}");
+    let w = world.snapshot();
+    assert_eq!(w.counts.get("livepatch.apply"), Some(&1), "1.0.2 applied only once: {:?}", w.calls);
+    assert!(w.committed.is_empty());
+    let status = r.handle.status.borrow().clone();
+    assert_eq!(status.rolled_back.len(), 1, "{status:?}");
+    assert_eq!(status.rolled_back[0].version, "1.0.2");
+    assert_eq!(status.rolled_back[0].compatible, "otpatch-demo");
+    assert_eq!(status.rolled_back[0].digest, "fake-digest-1.0.2");
+    assert!(status.rolled_back[0].why.starts_with("health failed"), "{status:?}");
+    let record = std::fs::read_to_string(dir.path().join("var/lib/otpatch/rolled-back.json")).unwrap();
+    assert!(record.contains("1.0.2"), "{record}");
+
+    // An operator allows it again; the next window installs it.
+    let e = r.call(|reply| Command::Retry { version: "9.9".into(), uid: 1000, reply }).await.unwrap_err();
+    assert_eq!(e.name, errors::NOT_FOUND, "{e}");
+    assert!(e.message.contains("1.0.2"), "names what was rolled back: {e}");
+    r.call(|reply| Command::Retry { version: "1.0.2".into(), uid: 1000, reply }).await.unwrap();
+    assert!(r.handle.status.borrow().rolled_back.is_empty());
+    let audit = std::fs::read_to_string(dir.path().join("var/lib/otpatch/audit.log")).unwrap();
+    let retry = audit.lines().find(|l| l.contains(r#""action":"retry""#)).expect("retry audited");
+    assert!(retry.contains(r#""actor_uid":1000"#) && retry.contains("fake-digest-1.0.2"), "{retry}");
+    r.schedule("2026-12-01T04:10", "90m").await.unwrap();
+    assert_eq!(r.completed(&mut notices).await, "committed 1.0.2");
+    assert_eq!(world.snapshot().committed, vec!["1.0.2"]);
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_rolled_back_record_fails_the_fetch_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("var/lib/otpatch");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("rolled-back.json"), b"{ torn").unwrap();
+    let world = FakeWorld::in_memory(FakeScript::default());
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let r = start(dir.path(), &world, clock, settings("")).await;
+    let mut notices = r.handle.notices.subscribe();
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("failed: download failed: ") && outcome.contains("refusing to guess"), "{outcome}");
+    assert!(world.snapshot().applied.is_empty());
+    r.stop().await;
+}
