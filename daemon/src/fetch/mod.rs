@@ -1,7 +1,7 @@
 //! The patch channel: the [`Fetcher`](crate::backend::Fetcher) that learns what to install from the patch
 //! server's signed index and downloads it over mutual TLS.
 //!
-//! Downloads go to `<state>/downloads/<file>.part`, resume with an HTTP `Range` after a cut, are bounded by the
+//! Downloads go to `<state>/downloads/<file>.part` (the whole file name, extension included), resume with an HTTP `Range` after a cut, are bounded by the
 //! policy's size limit, and are renamed into `<state>/bundles/` only when complete with the size and SHA-256 the
 //! signed index states. Every network wait has a timeout; retries are bounded, with backoff.
 //!
@@ -177,7 +177,7 @@ impl Channel {
                 "{file} is {size} bytes, more than the policy's limits.max_download of {max}"
             )));
         }
-        let part = dest.with_extension("part");
+        let part = part_path(dest);
         if let Some(dir) = part.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
         }
@@ -298,6 +298,14 @@ impl Channel {
         let _ = have;
         Ok(())
     }
+}
+
+/// Where the download to `dest` is kept until it is complete: `<dest file name>.part`, the whole name kept, so
+/// the partial of `a-1.0.2.otb` is never taken for that of `a-1.0.2.raucb` (or `a-1.0` for `a-1.1`).
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".part");
+    dest.with_file_name(name)
 }
 
 fn check_status(status: u16, path: &str) -> Result<(), (bool, BackendError)> {
