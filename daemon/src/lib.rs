@@ -20,6 +20,7 @@ pub mod health;
 pub mod journal;
 pub mod livepatch;
 pub mod orchestrator;
+pub mod prune;
 pub mod rauc;
 pub mod reboot;
 pub mod rolled_back;

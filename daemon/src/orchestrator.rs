@@ -727,6 +727,10 @@ impl Orchestrator {
             if matches!(outcome, Outcome::Committed { .. } | Outcome::UpToDate) {
                 self.status.send_modify(|s| s.last_error.clear());
             }
+            // A staged A/B update still needs its bundle until the boot into it is confirmed.
+            if !matches!(outcome, Outcome::Staged { .. }) {
+                self.prune_state(&w.id);
+            }
         }
         if let State::Arming { .. } = self.state {
             self.status.send_modify(|s| s.last_error.clear());
@@ -1263,6 +1267,32 @@ impl Orchestrator {
                 }
             })
             .collect()
+    }
+
+    /// At the end of a window: `downloads/`, `bundles/` and `livepatch/` keep only what is committed. Nothing is
+    /// deleted when `committed.json` cannot be read.
+    fn prune_state(&mut self, window: &str) {
+        let committed = match crate::committed::Committed::load(&self.store_path.with_file_name("committed.json")) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "not pruning the state directory: what is committed is unknown");
+                return;
+            }
+        };
+        let (removed, problems) = crate::prune::prune(&self.sysroot.state_dir(), &committed);
+        for p in &problems {
+            warn!(problem = %p, "could not prune");
+        }
+        if !removed.is_empty() || !problems.is_empty() {
+            let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+            info!(window, files = removed.len(), "state directory pruned to what is committed");
+            self.audit_log(
+                "state-pruned",
+                Some(window),
+                None,
+                serde_json::json!({"removed": removed, "problems": problems}),
+            );
+        }
     }
 
     fn rolled_back_path(&self) -> PathBuf {

@@ -22,6 +22,12 @@ use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowC
 /// The `compatible` of every bundle the fakes make.
 pub const FAKE_COMPATIBLE: &str = "otpatch-demo";
 
+/// The digest the fake verifier gives the bundle of `version`: hex SHA-256, as a real manifest digest is.
+pub fn fake_digest(version: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("fake bundle {version}")))
+}
+
 /// What the fakes should do. Text form (env `OTPATCH_FAKE_SCRIPT`): comma-separated `key=value`:
 /// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, rollback, lift,
 /// restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
@@ -307,7 +313,7 @@ impl Verifier for FakeWorld {
             kind: if named_ab { PatchKind::Ab } else { self.script.kind },
             compatible: FAKE_COMPATIBLE.into(),
             version: self.script.version.clone(),
-            digest: format!("fake-digest-{}", self.script.version),
+            digest: fake_digest(&self.script.version),
             signer: "CN=otpatch demo signer".into(),
             verified_at: None,
         })

@@ -1,9 +1,11 @@
 //! The patch channel: the [`Fetcher`](crate::backend::Fetcher) that learns what to install from the patch
 //! server's signed index and downloads it over mutual TLS.
 //!
-//! Downloads go to `<state>/downloads/<file>.part` (the whole file name, extension included), resume with an HTTP `Range` after a cut, are bounded by the
-//! policy's size limit, and are renamed into `<state>/bundles/` only when complete with the size and SHA-256 the
-//! signed index states. Every network wait has a timeout; retries are bounded, with backoff.
+//! Downloads go to `<state>/downloads/<file>.part` (the whole file name, extension included), resume with an HTTP
+//! `Range` after a cut, are bounded by the policy's size limit, and are renamed into `<state>/bundles/` only when
+//! complete with the size and SHA-256 the signed index states. Every network wait has a timeout; retries are
+//! bounded, with backoff. At the end of each window the orchestrator prunes `downloads/` and `bundles/` to the
+//! committed bundles ([`crate::prune`]).
 //!
 //! ## The index
 //!
