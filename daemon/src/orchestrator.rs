@@ -685,6 +685,11 @@ impl Orchestrator {
     /// Moves to `next`: journal first (write-ahead), then audit, notify, and drop what the old state waited for.
     fn enter(&mut self, next: State, event: &str) {
         let now = self.now();
+        // Before the journal says rolled-back: a crash in between rolls back again on restart and records it then.
+        if let (State::RollingBack { bundle, .. }, State::RolledBack { reason, .. }) = (&self.state, &next) {
+            let bundle = bundle.clone();
+            self.record_rolled_back(&bundle, &reason.to_string(), now);
+        }
         if let Err(e) = self.journal.record(&next, now) {
             // Without the journal a crash could lose track of the change: say so loudly, keep going.
             error!(error = %e, state = next.name(), "journal write failed");
@@ -693,9 +698,7 @@ impl Orchestrator {
         let prev = std::mem::replace(&mut self.state, next);
         let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
         info!(window = %window, from = prev.name(), to = self.state.name(), event, "transition");
-        if let (State::RollingBack { bundle, .. }, State::RolledBack { reason, .. }) = (&prev, &self.state) {
-            self.record_rolled_back(bundle, &reason.to_string(), now);
-        }
+
         self.audit_log(
             "transition",
             Some(&window),
