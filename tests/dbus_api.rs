@@ -71,6 +71,7 @@ fn unprivileged_callers_may_read_but_not_change_anything() {
         vec!["apply"],
         vec!["rollback"],
         vec!["reload"],
+        vec!["retry", "1.0.2"],
     ] {
         let o = ctl(&bus, &args, nobody);
         assert_eq!(o.status.code(), Some(4), "{args:?} as nobody must be refused: {}", text(&o));
@@ -108,6 +109,37 @@ fn the_daemon_checks_the_caller_even_when_the_bus_lets_everything_through() {
     let audit = gw.audit_text();
     assert!(audit.contains(&format!("\"actor_uid\":{OPERATOR_UID}")), "operator action audited with its uid");
     assert!(!audit.contains("\"actor_uid\":65534"));
+    // Retry (a rolled-back version may be installed again) is checked the same way: nobody is refused by the
+    // daemon itself, a member of the group gets through to it (here: 1.0.2 was never rolled back, exit 8).
+    let o = ctl(&bus, &["retry", "1.0.2"], Some(NOBODY_UID));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("uid 65534 may not call Retry"), "{}", text(&o));
+    let o = ctl(&bus, &["retry", "1.0.2"], Some(OPERATOR_UID));
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1.0.2 was not rolled back on this gateway"), "{}", text(&o));
+}
+
+#[test]
+fn retry_lets_a_rolled_back_version_in_again_and_is_audited_with_the_uid() {
+    // Permissive bus: the operator (group otpatch in the gateway's /etc/passwd, not on this host) is let
+    // through by the daemon's own check.
+    let bus = Bus::start(BusPolicy::Permissive);
+    let gw = Gateway::new(POLICY);
+    let record = r#"{"versions":[{"compatible":"otpatch-demo","version":"1.0.2","digest":"fake-digest-1.0.2","rolled_back_at":"2026-12-01T00:20:00Z","why":"health failed: boiler"}]}"#;
+    std::fs::create_dir_all(gw.path().join("var/lib/otpatch")).unwrap();
+    std::fs::write(gw.path().join("var/lib/otpatch/rolled-back.json"), record).unwrap();
+    let _d = Daemon::start(&bus, &gw, "", "");
+    let o = ctl(&bus, &["status"], Some(NOBODY_UID));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("otpatchctl retry 1.0.2"), "{}", text(&o));
+    let o = ctl(&bus, &["retry", "1.0.2"], Some(OPERATOR_UID));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "1.0.2 may be installed again by the next window\n");
+    assert_eq!(status(&bus)["rolled_back"], serde_json::json!([]));
+    let audit = gw.audit_text();
+    let line = audit.lines().find(|l| l.contains("\"action\":\"retry\"")).unwrap_or_else(|| panic!("{audit}"));
+    assert!(line.contains(&format!("\"actor_uid\":{OPERATOR_UID}")), "{line}");
+    let o = ctl(&bus, &["retry", "1.0.2"], None);
+    assert_eq!(o.status.code(), Some(8), "retried already: {}", text(&o));
 }
 
 #[test]

@@ -90,6 +90,35 @@ pub struct StatusSnapshot {
     /// in place.
     #[serde(default)]
     pub committed_not_in_place: Vec<String>,
+    /// Versions rolled back on this gateway: a window does not install them again on its own
+    /// (`otpatchctl retry VERSION` allows it).
+    #[serde(default)]
+    pub rolled_back: Vec<RolledBackVersion>,
+}
+
+/// A version a window rolled back on this gateway, as `<state>/rolled-back.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBackVersion {
+    pub compatible: String,
+    pub version: String,
+    /// The bundle's digest (as `committed.json` names bundles).
+    pub digest: String,
+    pub rolled_back_at: jiff::Timestamp,
+    /// Why the window rolled it back (its outcome's reason, e.g. `health failed: ...`).
+    pub why: String,
+}
+
+impl RolledBackVersion {
+    /// How a window that skips this version says so.
+    pub fn skip_note(&self) -> String {
+        format!(
+            "{} was rolled back on {} ({}); `otpatchctl retry {}` to try it again",
+            self.version,
+            self.rolled_back_at.strftime("%Y-%m-%d %H:%M UTC"),
+            self.why,
+            self.version
+        )
+    }
 }
 
 /// The proxy `otpatchctl` and tests use.
@@ -112,6 +141,8 @@ pub trait Daemon1 {
     fn rollback(&self) -> zbus::Result<()>;
     /// Re-reads the policy; a bad policy is refused with its errors and the running one stays.
     fn reload(&self) -> zbus::Result<()>;
+    /// Lets a version that was rolled back on this gateway be installed again by the next window.
+    fn retry(&self, version: &str) -> zbus::Result<()>;
     /// A status snapshot as JSON (see [`StatusSnapshot`]).
     fn get_status(&self) -> zbus::Result<String>;
     /// Livepatches as the kernel shows them, with the committed bundle each came from (JSON list).

@@ -19,7 +19,7 @@ Exit codes:
   5   refused by the daemon: invalid arguments, window refused, invalid state or policy rejected
   6   policy invalid (policy check)
   7   audit chain broken (log --verify)
-  8   not found (no such window)
+  8   not found (no such window, or a version retry names that was not rolled back)
   9   watch --exit-on-complete: the window rolled back
   10  watch --exit-on-complete: the window failed
   11  watch --max-wait: gave up waiting
@@ -64,6 +64,15 @@ pub enum Command {
     Rollback,
     /// Make the daemon re-read its policy; a bad policy is refused and the running one stays.
     Reload,
+    /// Let a version that was rolled back on this gateway be installed again by the next window.
+    ///
+    /// A window that rolls a version back records it (see "Rolled back" in `otpatchctl status`); later windows
+    /// do not install that version again on their own, while newer versions are taken as usual.
+    #[command(after_help = "Example:\n  otpatchctl retry 1.0.2")]
+    Retry {
+        /// The version, as `otpatchctl status` lists it under "Rolled back".
+        version: String,
+    },
     /// Follow the daemon live: transitions, progress, health verdicts and window outcomes.
     Watch(WatchArgs),
     /// Print the audit log, or verify its hash chain.

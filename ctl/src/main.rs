@@ -212,6 +212,14 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
                 out::line("policy reloaded");
             }
         }
+        Command::Retry { version } => {
+            proxy.retry(version).await.map_err(|e| client.err(e))?;
+            if json {
+                out::json(&json!({"ok": true, "version": version}));
+            } else {
+                out::line(&format!("{version} may be installed again by the next window"));
+            }
+        }
         Command::Log(args) => return log::run(&client, args, json).await,
         Command::Watch(_)
         | Command::Policy(_)

@@ -117,6 +117,24 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
         // Said plainly: the gateway is less patched than what it committed.
         rows.push(("NOT CARRYING", s.committed_not_in_place.join("\n")));
     }
+    if !s.rolled_back.is_empty() {
+        // Not installed again by a window on its own; `otpatchctl retry VERSION` allows it.
+        let lines: Vec<String> = s
+            .rolled_back
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} ({}) on {}: {}; `otpatchctl retry {}` to allow it",
+                    r.version,
+                    r.compatible,
+                    local_time(r.rolled_back_at.as_second(), tz),
+                    r.why,
+                    r.version
+                )
+            })
+            .collect();
+        rows.push(("Rolled back", lines.join("\n")));
+    }
     rows.push(("Segmentation", seg));
     if s.segmentation_active && !s.segmentation_ruleset.trim().is_empty() {
         // What the window lets through, as the firewall tool lists it (see README, "Segmentation").
@@ -322,6 +340,7 @@ mod tests {
             segmentation_dropped: 17,
             segmentation_ruleset: String::new(),
             committed_not_in_place: vec![],
+            rolled_back: vec![],
         }
     }
 
@@ -385,6 +404,26 @@ Policy files:   /etc/otpatch/policy.toml
                 /etc/otpatch/policy.d/10-line3.toml
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_page_shows_rolled_back_versions_and_how_to_retry_them() {
+        let mut s = snapshot();
+        s.rolled_back.push(otpatch_common::api::RolledBackVersion {
+            compatible: "acme-gw-x86".into(),
+            version: "1.0.2".into(),
+            digest: "ab".repeat(32),
+            rolled_back_at: Timestamp::from_second(DEC1_0200_BERLIN).expect("valid"),
+            why: "health failed: boiler out of range".into(),
+        });
+        let page = status(&s, now(), &berlin());
+        let line = page.lines().find(|l| l.contains("Rolled back")).unwrap_or_else(|| panic!("{page}"));
+        assert!(
+            line.contains("1.0.2 (acme-gw-x86) on 2026-12-01 02:00 +01:00: health failed: boiler out of range"),
+            "{line}"
+        );
+        assert!(line.contains("otpatchctl retry 1.0.2"), "{line}");
+        assert!(!status(&snapshot(), now(), &berlin()).contains("Rolled back"));
     }
 
     #[test]

@@ -97,6 +97,14 @@ impl Fake {
         Err(OtError::InvalidState("no window is active".into()))
     }
 
+    async fn retry(&self, version: &str) -> Result<(), OtError> {
+        if version == "1.0.2" {
+            Ok(())
+        } else {
+            Err(OtError::NotFound(format!("{version} was not rolled back on this gateway")))
+        }
+    }
+
     async fn reload(&self) -> zbus::fdo::Result<()> {
         Err(zbus::fdo::Error::AccessDenied("uid 1000 may not call Reload".into()))
     }
@@ -305,6 +313,17 @@ fn commands_and_error_mapping() {
     let o = run(&bus, &["rollback"]);
     assert_eq!(o.status.code(), Some(5));
     assert_eq!(text(&o.stderr), "otpatchctl: no window is active\n");
+
+    let o = run(&bus, &["retry", "1.0.2"]);
+    assert_eq!(
+        (o.status.code(), text(&o.stdout)),
+        (Some(0), "1.0.2 may be installed again by the next window\n".into())
+    );
+    let o = run(&bus, &["--json", "retry", "1.0.2"]);
+    assert_eq!(text(&o.stdout), "{\"ok\":true,\"version\":\"1.0.2\"}\n");
+    let o = run(&bus, &["retry", "9.9"]);
+    assert_eq!(o.status.code(), Some(8), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "otpatchctl: 9.9 was not rolled back on this gateway\n");
 
     let o = run(&bus, &["reload"]);
     assert_eq!(o.status.code(), Some(4));

@@ -103,11 +103,19 @@ pub enum FetchOutcome {
     Bundle(BundleRef),
     /// The server has nothing newer for this gateway.
     NothingNewer,
+    /// The newest bundle the server has for this gateway is a version that was rolled back here: not fetched.
+    RolledBack(otpatch_common::api::RolledBackVersion),
 }
 
 #[async_trait]
 pub trait Fetcher: Send + Sync {
-    async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome>;
+    /// The newest bundle newer than what is committed, leaving out the versions in `avoid` (rolled back here).
+    async fn fetch(
+        &self,
+        window: &WindowCtx,
+        avoid: &crate::rolled_back::RolledBack,
+        progress: ProgressFn,
+    ) -> BackendResult<FetchOutcome>;
     /// Downloads the bundle the server's signed index lists under file name `file` (the policy's A/B fallback).
     async fn fetch_named(&self, _window: &WindowCtx, file: &str, _progress: ProgressFn) -> BackendResult<BundleRef> {
         Err(BackendError::new(format!("this fetcher cannot fetch {file} by name")))

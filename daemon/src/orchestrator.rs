@@ -98,6 +98,12 @@ pub enum Command {
     Status {
         reply: Reply<StatusSnapshot>,
     },
+    /// Lets a version that was rolled back here be installed again by the next window.
+    Retry {
+        version: String,
+        uid: u32,
+        reply: Reply<()>,
+    },
 }
 
 /// One livepatch for `ListLivepatches` / `otpatchctl livepatch list`.
@@ -173,6 +179,9 @@ pub struct Orchestrator {
     access_group: Arc<std::sync::RwLock<String>>,
     /// What the last lift found, for the audit log.
     last_lift: Arc<std::sync::Mutex<Option<LiftReport>>>,
+    /// Why the fetch of the window under way installs nothing though the server has a newer bundle (a version
+    /// rolled back here): added to the window's `up-to-date` outcome.
+    skip_note: Arc<std::sync::Mutex<Option<String>>>,
     /// Rebuilds the backends after a reload; None keeps them (tests).
     rebuild: Option<BackendFactory>,
     /// A reload came while a window was under way: rebuild when it ends.
@@ -282,6 +291,7 @@ impl Orchestrator {
             default_tz,
             access_group: Arc::new(std::sync::RwLock::new(String::new())),
             last_lift: Arc::new(std::sync::Mutex::new(None)),
+            skip_note: Arc::new(std::sync::Mutex::new(None)),
             rebuild: None,
             rebuild_pending: false,
             sysroot: sysroot.clone(),
@@ -289,6 +299,7 @@ impl Orchestrator {
         };
         me.store.schedule.set_recurring(me.settings.windows.clone());
         me.set_access_group();
+        me.refresh_rolled_back();
         problems.extend(loaded.problems);
         problems.extend(audit_problems);
         for p in &problems {
@@ -755,6 +766,11 @@ impl Orchestrator {
     /// `Err` (with the reason) when the journal could not record it: the caller must not run its actions.
     fn enter(&mut self, next: State, event: &str) -> Result<(), String> {
         let now = self.now();
+        // Before the journal says rolled-back: a crash in between rolls back again on restart and records it then.
+        if let (State::RollingBack { bundle, .. }, State::RolledBack { reason, .. }) = (&self.state, &next) {
+            let bundle = bundle.clone();
+            self.record_rolled_back(&bundle, &reason.to_string(), now);
+        }
         let journaled = match self.failpoints.hit(&format!("journal-write:{}", next.name())) {
             Err(e) => Err(e),
             Ok(()) => self.journal.record(&next, now).map(|_| ()).map_err(|e| e.to_string()),
@@ -767,6 +783,7 @@ impl Orchestrator {
         let prev = std::mem::replace(&mut self.state, next);
         let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
         info!(window = %window, from = prev.name(), to = self.state.name(), event, "transition");
+
         self.audit_log(
             "transition",
             Some(&window),
@@ -785,7 +802,11 @@ impl Orchestrator {
             self.inflight = None;
         }
         if let State::Closed { window: w, outcome } = self.state.clone() {
-            let outcome_text = outcome.to_string();
+            let note = self.skip_note.lock().ok().and_then(|mut n| n.take());
+            let outcome_text = match (&outcome, note) {
+                (Outcome::UpToDate, Some(note)) => format!("{outcome}: {note}"),
+                _ => outcome.to_string(),
+            };
             self.store.done.insert(w.id.clone());
             self.save_store();
             self.status.send_modify(|s| s.last_outcome = outcome_text.clone());
@@ -794,9 +815,16 @@ impl Orchestrator {
             if matches!(outcome, Outcome::Committed { .. } | Outcome::UpToDate) {
                 self.status.send_modify(|s| s.last_error.clear());
             }
+            // A staged A/B update still needs its bundle until the boot into it is confirmed.
+            if !matches!(outcome, Outcome::Staged { .. }) {
+                self.prune_state(&w.id);
+            }
         }
         if let State::Arming { .. } = self.state {
             self.status.send_modify(|s| s.last_error.clear());
+            if let Ok(mut n) = self.skip_note.lock() {
+                *n = None;
+            }
         }
         // Each state starts with its own progress; backends refine it while they work.
         let (percent, message) = (self.state.percent(), self.state.doing().to_string());
@@ -962,13 +990,28 @@ impl Orchestrator {
                     }
                 })
             }
-            Action::Fetch { window } => Box::pin(async move {
-                match b.fetcher.fetch(&window, progress).await {
-                    Ok(FetchOutcome::Bundle(bundle)) => Event::Fetched { bundle },
-                    Ok(FetchOutcome::NothingNewer) => Event::NothingToFetch,
-                    Err(e) => Event::FetchFailed { error: e.to_string() },
-                }
-            }),
+            Action::Fetch { window } => {
+                let avoid = crate::rolled_back::RolledBack::load(&self.rolled_back_path());
+                let note = self.skip_note.clone();
+                Box::pin(async move {
+                    let avoid = match avoid {
+                        Ok(a) => a,
+                        Err(e) => return Event::FetchFailed { error: e },
+                    };
+                    match b.fetcher.fetch(&window, &avoid, progress).await {
+                        Ok(FetchOutcome::Bundle(bundle)) => Event::Fetched { bundle },
+                        Ok(FetchOutcome::NothingNewer) => Event::NothingToFetch,
+                        Ok(FetchOutcome::RolledBack(r)) => {
+                            info!(window = %window.id, version = %r.version, "newest bundle was rolled back here; not installed again");
+                            if let Ok(mut n) = note.lock() {
+                                *n = Some(r.skip_note());
+                            }
+                            Event::NothingToFetch
+                        }
+                        Err(e) => Event::FetchFailed { error: e.to_string() },
+                    }
+                })
+            }
             Action::Verify { bundle } => {
                 let fallback = self.settings.ab.fallback_bundle.clone();
                 let window = self.state.window().cloned();
@@ -1128,6 +1171,10 @@ impl Orchestrator {
             }
             Command::Status { reply } => {
                 let _ = reply.send(Ok(self.status.borrow().clone()));
+            }
+            Command::Retry { version, uid, reply } => {
+                let r = self.retry(&version, uid);
+                let _ = reply.send(r);
             }
             Command::AuditLog { from_seq, max, reply } => {
                 let r = self
@@ -1316,6 +1363,90 @@ impl Orchestrator {
                 }
             })
             .collect()
+    }
+
+    /// At the end of a window: `downloads/`, `bundles/` and `livepatch/` keep only what is committed. Nothing is
+    /// deleted when `committed.json` cannot be read.
+    fn prune_state(&mut self, window: &str) {
+        let committed = match crate::committed::Committed::load(&self.store_path.with_file_name("committed.json")) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "not pruning the state directory: what is committed is unknown");
+                return;
+            }
+        };
+        let (removed, problems) = crate::prune::prune(&self.sysroot.state_dir(), &committed);
+        for p in &problems {
+            warn!(problem = %p, "could not prune");
+        }
+        if !removed.is_empty() || !problems.is_empty() {
+            let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
+            info!(window, files = removed.len(), "state directory pruned to what is committed");
+            self.audit_log(
+                "state-pruned",
+                Some(window),
+                None,
+                serde_json::json!({"removed": removed, "problems": problems}),
+            );
+        }
+    }
+
+    fn rolled_back_path(&self) -> PathBuf {
+        self.store_path.with_file_name("rolled-back.json")
+    }
+
+    /// Remembers that a window rolled `bundle` back, so the next one does not install it again on its own.
+    fn record_rolled_back(&mut self, bundle: &crate::engine::VerifiedBundle, why: &str, now: Timestamp) {
+        let rec = otpatch_common::api::RolledBackVersion {
+            compatible: bundle.compatible.clone(),
+            version: bundle.version.clone(),
+            digest: bundle.digest.clone(),
+            rolled_back_at: now,
+            why: why.to_string(),
+        };
+        if let Err(e) = crate::rolled_back::RolledBack::record(&self.rolled_back_path(), rec) {
+            error!(error = %e, version = %bundle.version, "could not record the rolled-back version");
+            self.status.send_modify(|s| s.last_error = format!("recording the rollback of {}: {e}", bundle.version));
+        }
+        self.refresh_rolled_back();
+    }
+
+    /// Shows the rolled-back versions in the status (an unreadable record as the last error).
+    fn refresh_rolled_back(&self) {
+        match crate::rolled_back::RolledBack::load(&self.rolled_back_path()) {
+            Ok(r) => self.status.send_modify(|s| s.rolled_back = r.versions),
+            Err(e) => self.status.send_modify(|s| s.last_error = e),
+        }
+    }
+
+    /// `otpatchctl retry VERSION`: the next window may install `version` again.
+    fn retry(&mut self, version: &str, uid: u32) -> Result<(), ApiError> {
+        let path = self.rolled_back_path();
+        let gone =
+            crate::rolled_back::RolledBack::forget(&path, version).map_err(|e| ApiError::new(errors::FAILED, e))?;
+        if gone.is_empty() {
+            let known = crate::rolled_back::RolledBack::load(&path).map(|r| r.versions).unwrap_or_default();
+            let list = if known.is_empty() {
+                "none is".to_string()
+            } else {
+                known.iter().map(|r| r.version.as_str()).collect::<Vec<_>>().join(", ") + " are"
+            };
+            return Err(ApiError::new(
+                errors::NOT_FOUND,
+                format!("{version} was not rolled back on this gateway (recorded as rolled back: {list})"),
+            ));
+        }
+        info!(version, uid, "rolled-back version allowed again");
+        for r in &gone {
+            self.audit_log(
+                "operator",
+                None,
+                Some(uid),
+                serde_json::json!({"action": "retry", "compatible": r.compatible, "version": r.version, "digest": r.digest, "rolled_back_at": r.rolled_back_at.to_string(), "why": r.why}),
+            );
+        }
+        self.refresh_rolled_back();
+        Ok(())
     }
 
     fn set_access_group(&self) {

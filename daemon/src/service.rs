@@ -209,6 +209,20 @@ impl DaemonIface {
         self.ask(|reply| Command::Reload { uid: Some(uid), reply }).await
     }
 
+    /// Lets a version that was rolled back on this gateway be installed again by the next window.
+    async fn retry(
+        &self,
+        version: String,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), ApiError> {
+        let uid = self.authorize(conn, &hdr, "Retry").await?;
+        if version.trim().is_empty() {
+            return Err(ApiError::new(errors::INVALID_ARGS, "version is empty"));
+        }
+        self.ask(|reply| Command::Retry { version, uid, reply }).await
+    }
+
     /// The status snapshot as JSON.
     async fn get_status(&self) -> Result<String, ApiError> {
         // From the snapshot the loop keeps (segmentation view included): any number of readers of any uid never

@@ -231,7 +231,8 @@ fn a_download_arrives_whole_and_is_renamed_into_place() {
     });
     rt().block_on(n.channel().download("b.otb", &dest, 3 << 20, &sha, 16 << 20, &progress)).unwrap();
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), 3 << 20);
-    assert!(!dest.with_extension("part").exists());
+    assert!(!otpatchd::fetch::part_path(&dest).exists());
+    assert_eq!(otpatchd::fetch::part_path(&dest), out.path().join("b.otb.part"));
     assert_eq!(seen.load(Ordering::SeqCst), 1, "progress reached 100% once");
     let e = rt().block_on(n.channel().get_small("b.otb", 1)).unwrap_err();
     assert!(e.0.contains("larger than"), "{e}");
@@ -472,7 +473,7 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     let fetcher = index_fetcher(&n, state.path(), Arc::new(move || i2.lock().unwrap().clone()));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
-    match r.block_on(fetcher.fetch(&window, no_progress())).unwrap() {
+    match r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap() {
         FetchOutcome::Bundle(b) => {
             assert_eq!(b.path, state.path().join("bundles/lp-1.2.0.otb"));
             assert_eq!(std::fs::metadata(&b.path).unwrap().len(), 200_000);
@@ -481,7 +482,10 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     }
     // Once 1.2.0 is committed, the same index offers nothing newer.
     *installed.lock().unwrap() = Some("1.2.0".into());
-    assert_eq!(r.block_on(fetcher.fetch(&window, no_progress())).unwrap(), FetchOutcome::NothingNewer);
+    assert_eq!(
+        r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap(),
+        FetchOutcome::NothingNewer
+    );
     // An index past its expiry (a frozen mirror) is refused.
     publish_index(
         &n,
@@ -489,19 +493,61 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
         &(now - jiff::SignedDuration::from_secs(60)).to_string(),
         entry("1.3.0"),
     );
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("expired"), "{e}");
     // An index issued before the one already accepted (a replay) is refused.
     publish_index(&n, &(now - day - day).to_string(), &(now + day).to_string(), entry("1.3.0"));
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("replayed"), "{e}");
     // An index changed after signing is refused.
     publish_index(&n, &now.to_string(), &(now + day).to_string(), entry("1.3.0"));
     let idx = n.path("www/otpatch/index.json");
     let text = std::fs::read_to_string(&idx).unwrap().replace("1.3.0", "9.9.9");
     std::fs::write(&idx, text).unwrap();
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("signature refused"), "{e}");
+}
+
+#[test]
+fn a_stale_partial_of_another_file_never_fails_a_download_and_a_rolled_back_version_is_not_fetched() {
+    use otpatchd::backend::{FetchOutcome, Fetcher};
+    let n = nginx();
+    index_signer(n.dir.path());
+    let sha = n.publish("lp-1.2.0.otb", 200_000);
+    let entries = serde_json::json!([{"compatible": "acme-gw", "version": "1.2.0", "kind": "livepatch",
+                                      "file": "lp-1.2.0.otb", "size": 200_000, "sha256": sha}]);
+    let day = jiff::SignedDuration::from_hours(24);
+    let now = jiff::Timestamp::now();
+    publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entries);
+    let state = tempfile::tempdir().unwrap();
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
+    let r = rt();
+    // 1.2.0 was rolled back here: nothing is downloaded, and the fetch says which version it left out.
+    let rec = otpatch_common::api::RolledBackVersion {
+        compatible: "acme-gw".into(),
+        version: "1.2.0".into(),
+        digest: "d".into(),
+        rolled_back_at: now,
+        why: "health failed: boiler".into(),
+    };
+    let avoid = otpatchd::rolled_back::RolledBack { versions: vec![rec.clone()] };
+    assert_eq!(r.block_on(fetcher.fetch(&window, &avoid, no_progress())).unwrap(), FetchOutcome::RolledBack(rec));
+    assert!(!state.path().join("bundles/lp-1.2.0.otb").exists());
+    // A partial download of another file (an A/B bundle of the same version, cut in an earlier window) is in
+    // downloads/; the livepatch bundle still downloads whole and intact.
+    let downloads = state.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    std::fs::write(downloads.join("lp-1.2.0.part"), vec![0x5a; 50_000]).unwrap();
+    std::fs::write(downloads.join("lp-1.2.0.raucb.part"), vec![0x5a; 50_000]).unwrap();
+    match r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())) {
+        Ok(FetchOutcome::Bundle(b)) => {
+            assert_eq!(b.path, state.path().join("bundles/lp-1.2.0.otb"));
+            use sha2::Digest;
+            assert_eq!(hex::encode(sha2::Sha256::digest(std::fs::read(&b.path).unwrap())), sha);
+        }
+        other => panic!("expected the bundle, got {other:?}"),
+    }
 }
 
 #[test]
@@ -570,12 +616,12 @@ fn an_unreadable_replay_state_fails_closed_and_a_verifier_panic_is_a_refusal() {
     let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("index-state.json") && e.0.contains("unreadable"), "{e}");
     std::fs::remove_file(state.path().join("index-state.json")).unwrap();
 
     let mut fetcher = fetcher;
     fetcher.verifier = Arc::new(PanickingIndex);
-    let e = r.block_on(fetcher.fetch(&window, no_progress())).unwrap_err();
+    let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("index.json signature refused") && e.0.contains("panicked"), "{e}");
 }

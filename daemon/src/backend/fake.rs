@@ -19,6 +19,15 @@ use super::{
 };
 use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowCtx};
 
+/// The `compatible` of every bundle the fakes make.
+pub const FAKE_COMPATIBLE: &str = "otpatch-demo";
+
+/// The digest the fake verifier gives the bundle of `version`: hex SHA-256, as a real manifest digest is.
+pub fn fake_digest(version: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("fake bundle {version}")))
+}
+
 /// What the fakes should do. Text form (env `OTPATCH_FAKE_SCRIPT`): comma-separated `key=value`:
 /// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, rollback, lift,
 /// restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
@@ -254,7 +263,12 @@ impl Firewall for FakeWorld {
 
 #[async_trait]
 impl Fetcher for FakeWorld {
-    async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome> {
+    async fn fetch(
+        &self,
+        window: &WindowCtx,
+        avoid: &crate::rolled_back::RolledBack,
+        progress: ProgressFn,
+    ) -> BackendResult<FetchOutcome> {
         for pct in [25, 50, 75, 100] {
             tokio::time::sleep(self.script.delay / 4).await;
             progress(pct, format!("downloading bundle {}", self.script.version));
@@ -263,6 +277,9 @@ impl Fetcher for FakeWorld {
         self.record(format!("fetch {}", window.id), |_| {});
         if self.script.nothing_to_fetch || self.snapshot().committed.contains(&self.script.version) {
             return Ok(FetchOutcome::NothingNewer);
+        }
+        if let Some(r) = avoid.find(FAKE_COMPATIBLE, &self.script.version) {
+            return Ok(FetchOutcome::RolledBack(r.clone()));
         }
         let path = match &self.script.bundle {
             Some(p) => p.clone(),
@@ -294,9 +311,9 @@ impl Verifier for FakeWorld {
         Ok(VerifiedBundle {
             path: bundle.path.clone(),
             kind: if named_ab { PatchKind::Ab } else { self.script.kind },
-            compatible: "otpatch-demo".into(),
+            compatible: FAKE_COMPATIBLE.into(),
             version: self.script.version.clone(),
-            digest: format!("fake-digest-{}", self.script.version),
+            digest: fake_digest(&self.script.version),
             signer: "CN=otpatch demo signer".into(),
             verified_at: None,
         })

@@ -37,7 +37,12 @@ impl Firewall for Unavailable {
 
 #[async_trait]
 impl Fetcher for Unavailable {
-    async fn fetch(&self, _: &WindowCtx, _: ProgressFn) -> BackendResult<FetchOutcome> {
+    async fn fetch(
+        &self,
+        _: &WindowCtx,
+        _: &crate::rolled_back::RolledBack,
+        _: ProgressFn,
+    ) -> BackendResult<FetchOutcome> {
         Err(self.err())
     }
 }
@@ -95,7 +100,12 @@ pub struct FetchNotConfigured(pub String);
 
 #[async_trait]
 impl Fetcher for FetchNotConfigured {
-    async fn fetch(&self, _: &WindowCtx, _: ProgressFn) -> BackendResult<FetchOutcome> {
+    async fn fetch(
+        &self,
+        _: &WindowCtx,
+        _: &crate::rolled_back::RolledBack,
+        _: ProgressFn,
+    ) -> BackendResult<FetchOutcome> {
         Err(BackendError::new(self.0.clone()))
     }
 }

@@ -1,9 +1,11 @@
 //! The patch channel: the [`Fetcher`](crate::backend::Fetcher) that learns what to install from the patch
 //! server's signed index and downloads it over mutual TLS.
 //!
-//! Downloads go to `<state>/downloads/<file>.part`, resume with an HTTP `Range` after a cut, are bounded by the
-//! policy's size limit, and are renamed into `<state>/bundles/` only when complete with the size and SHA-256 the
-//! signed index states. Every network wait has a timeout; retries are bounded, with backoff.
+//! Downloads go to `<state>/downloads/<file>.part` (the whole file name, extension included), resume with an HTTP
+//! `Range` after a cut, are bounded by the policy's size limit, and are renamed into `<state>/bundles/` only when
+//! complete with the size and SHA-256 the signed index states. Every network wait has a timeout; retries are
+//! bounded, with backoff. At the end of each window the orchestrator prunes `downloads/` and `bundles/` to the
+//! committed bundles ([`crate::prune`]).
 //!
 //! ## The index
 //!
@@ -184,7 +186,7 @@ impl Channel {
                 "{file} is {size} bytes, more than the policy's limits.max_download of {max}"
             )));
         }
-        let part = dest.with_extension("part");
+        let part = part_path(dest);
         if let Some(dir) = part.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| BackendError::new(format!("{}: {e}", dir.display())))?;
         }
@@ -307,6 +309,14 @@ impl Channel {
     }
 }
 
+/// Where the download to `dest` is kept until it is complete: `<dest file name>.part`, the whole name kept, so
+/// the partial of `a-1.0.2.otb` is never taken for that of `a-1.0.2.raucb` (or `a-1.0` for `a-1.1`).
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".part");
+    dest.with_file_name(name)
+}
+
 fn check_status(status: u16, path: &str) -> Result<(), (bool, BackendError)> {
     match status {
         200 | 206 => Ok(()),
@@ -414,6 +424,42 @@ impl Index {
             .filter(|b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
             .max_by(|a, b| compare_versions(&a.version, &b.version))
     }
+
+    /// As [`Index::pick`], leaving out versions rolled back on this gateway: the newest newer bundle that was not
+    /// rolled back (a version newer than a rolled-back one is taken as usual), else the newest rolled-back one
+    /// that was left out, so the window can say why it installs nothing.
+    pub fn pick_avoiding<'a>(
+        &'a self,
+        compatible: &str,
+        installed: Option<&str>,
+        avoid: &'a crate::rolled_back::RolledBack,
+    ) -> Pick<'a> {
+        let newer = || {
+            self.bundles
+                .iter()
+                .filter(move |b| b.compatible == compatible)
+                .filter(move |b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
+        };
+        if let Some(e) = newer()
+            .filter(|b| avoid.find(compatible, &b.version).is_none())
+            .max_by(|a, b| compare_versions(&a.version, &b.version))
+        {
+            return Pick::Entry(e);
+        }
+        newer()
+            .filter_map(|b| avoid.find(compatible, &b.version))
+            .max_by(|a, b| compare_versions(&a.version, &b.version))
+            .map_or(Pick::Nothing, Pick::RolledBack)
+    }
+}
+
+/// What [`Index::pick_avoiding`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick<'a> {
+    Entry(&'a IndexEntry),
+    /// Nothing to install: the newer bundles were all rolled back here; this is the newest of them.
+    RolledBack(&'a otpatch_common::api::RolledBackVersion),
+    Nothing,
 }
 
 /// The Fetcher over the patch channel.
@@ -459,14 +505,20 @@ impl HttpsFetcher {
 
 #[async_trait]
 impl Fetcher for HttpsFetcher {
-    async fn fetch(&self, window: &WindowCtx, progress: ProgressFn) -> BackendResult<FetchOutcome> {
+    async fn fetch(
+        &self,
+        window: &WindowCtx,
+        avoid: &crate::rolled_back::RolledBack,
+        progress: ProgressFn,
+    ) -> BackendResult<FetchOutcome> {
         let ch = self.channel_for(window)?;
         let idx = self.index(&ch, window, &progress).await?;
         let installed = (self.installed)();
-        let Some(entry) = idx.pick(&self.compatible, installed.as_deref()) else {
-            return Ok(FetchOutcome::NothingNewer);
-        };
-        Ok(FetchOutcome::Bundle(self.get(&ch, entry, &progress).await?))
+        match idx.pick_avoiding(&self.compatible, installed.as_deref(), avoid) {
+            Pick::Entry(entry) => Ok(FetchOutcome::Bundle(self.get(&ch, entry, &progress).await?)),
+            Pick::RolledBack(r) => Ok(FetchOutcome::RolledBack(r.clone())),
+            Pick::Nothing => Ok(FetchOutcome::NothingNewer),
+        }
     }
 
     async fn fetch_named(&self, window: &WindowCtx, file: &str, progress: ProgressFn) -> BackendResult<BundleRef> {
@@ -564,6 +616,30 @@ mod tests {
             Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, Some(t("2026-11-30T12:00:00Z")))
                 .unwrap_err();
         assert!(e.0.contains("replayed"), "{e}");
+    }
+
+    #[test]
+    fn a_rolled_back_version_is_left_out_but_a_newer_one_is_taken() {
+        let now = t("2026-12-01T00:00:00Z");
+        let idx = Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, None).unwrap();
+        let rec = |v: &str| otpatch_common::api::RolledBackVersion {
+            compatible: "gw".into(),
+            version: v.into(),
+            digest: "d".into(),
+            rolled_back_at: now,
+            why: "health failed".into(),
+        };
+        let none = crate::rolled_back::RolledBack::default();
+        assert!(matches!(idx.pick_avoiding("gw", Some("1.9"), &none), Pick::Entry(e) if e.version == "1.10"));
+        // 1.10 rolled back: nothing else is newer than 1.9, so the window says why it installs nothing.
+        let ten = crate::rolled_back::RolledBack { versions: vec![rec("1.10")] };
+        assert!(matches!(idx.pick_avoiding("gw", Some("1.9"), &ten), Pick::RolledBack(r) if r.version == "1.10"));
+        // From 1.8 on, 1.9 (not rolled back) is taken instead.
+        assert!(matches!(idx.pick_avoiding("gw", Some("1.8"), &ten), Pick::Entry(e) if e.version == "1.9"));
+        // A version newer than the rolled-back one is taken as usual.
+        let nine = crate::rolled_back::RolledBack { versions: vec![rec("1.9")] };
+        assert!(matches!(idx.pick_avoiding("gw", Some("1.8"), &nine), Pick::Entry(e) if e.version == "1.10"));
+        assert_eq!(idx.pick_avoiding("gw", Some("1.10"), &ten), Pick::Nothing);
     }
 
     #[test]
