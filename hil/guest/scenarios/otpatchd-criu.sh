@@ -50,7 +50,10 @@ echo "HIL-TIME what=criu-dump ms=$(manifest_num "$M" dump_ms)"
 echo "HIL-TIME what=criu-frozen ms=$(( $(manifest_num "$M" frozen_us) / 1000 ))"
 echo "HIL-TIME what=criu-freezing ms=$(( $(manifest_num "$M" freezing_us) / 1000 ))"
 
-# ---- window 2: commits; images of window 1 removed at its checkpoint, its own after the commit
+# ---- window 2: commits; images of window 1 removed at its checkpoint, its own after the commit. The version was
+# rolled back here, so the next window does not install it on its own: the operator says so first.
+check rolled-back-recorded otp_status_has '"rolled_back"'
+check operator-retry otpatchctl retry 1.0.0
 otp_window
 W2=$WINDOW_ID
 otp_evidence
