@@ -115,11 +115,12 @@ host_bundle() {
     host_die "otpatchctl bundle create $1 failed"
 }
 
-# host_index DIR FILE [VERSION]: DIR/index.json naming DIR/FILE, and its detached CMS signature.
+# host_index DIR FILE [VERSION [AGE]]: DIR/index.json naming DIR/FILE, issued AGE seconds ago (default 60),
+# and its detached CMS signature.
 host_index() {
-  local dir=$1 file=$2 version=${3:-$HOST_VERSION} now issued expires
+  local dir=$1 file=$2 version=${3:-$HOST_VERSION} age=${4:-60} now issued expires
   now=$(date +%s)
-  issued=$(date -u -d "@$((now - 60))" +%Y-%m-%dT%H:%M:%SZ)
+  issued=$(date -u -d "@$((now - age))" +%Y-%m-%dT%H:%M:%SZ)
   expires=$(date -u -d "@$((now + 86400))" +%Y-%m-%dT%H:%M:%SZ)
   printf '{"format":1,"issued":"%s","expires":"%s","bundles":[{"compatible":"%s","version":"%s","kind":"livepatch","file":"%s","size":%s,"sha256":"%s"}]}\n' \
     "$issued" "$expires" "$HOST_COMPATIBLE" "$version" "$file" "$(stat -c %s "$dir/$file")" \
@@ -153,7 +154,6 @@ EOF
   host_bundle "$www/v2.otb" "$B/modules/otpatch_lp_cmdline_v2.ko" "$kver" 1.1.0
   mkdir -p "$www/otpatchd-v1v2-next"
   ln -f "$www/v2.otb" "$www/otpatchd-v1v2-next/v2.otb"
-  host_index "$www/otpatchd-v1v2-next" v2.otb 1.1.0
   local s f
   for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good otpatchd-v1v2:good \
     otpatchd-criu:good otpatchd-criu-bad:good \
@@ -164,6 +164,9 @@ EOF
     ln -f "$www/$f" "$www/$s/$f"
     host_index "$www/$s" "$f"
   done
+  # After v1's index, and issued 30 s later than it: the gateway refuses an index older than one it accepted
+  # (replay), so v2's must be the newer one even when both are made within the same second.
+  host_index "$www/otpatchd-v1v2-next" v2.otb 1.1.0 30
 }
 
 # ---------------------------------------------------------------- services
