@@ -478,3 +478,193 @@ fn iptables_window_is_exactly_the_policy_and_site_rules_still_decide() {
         ],
     );
 }
+
+/// The name the patch server goes by in the DNS tests; only the test's own resolver knows it.
+const DNS_NAME: &str = "patch.otpatch.test";
+
+/// A DNS server for one name on UDP `addr` in namespace `which`: A 198.18.1.2 and AAAA fd00:18:1::2 for
+/// [`DNS_NAME`], "no such name" for anything else. Counts the queries it answered. Serves until the namespace goes
+/// away (bounded: at most 500 queries).
+fn dns_server(t: &Topology, which: &str, addr: &str) -> std::sync::Arc<AtomicU32> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let count = std::sync::Arc::new(AtomicU32::new(0));
+    let seen = count.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    t.spawn(which, move || {
+        let sock = std::net::UdpSocket::bind(addr).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        for _ in 0..500 {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else { return };
+            if let Some(answer) = dns_answer(&buf[..n]) {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let _ = sock.send_to(&answer, peer);
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    count
+}
+
+/// The answer to one query (header, one question), or None for what is not one.
+fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*q.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(q.get(at..at + len)?).to_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*q.get(at)?, *q.get(at + 1)?]);
+    let question = q.get(12..at + 4)?;
+    let rdata: Vec<u8> = match (labels.join(".") == DNS_NAME, qtype) {
+        (true, 1) => vec![198, 18, 1, 2],
+        (true, 28) => "fd00:18:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec(),
+        _ => vec![],
+    };
+    let known = labels.join(".") == DNS_NAME;
+    let mut r = Vec::new();
+    r.extend_from_slice(q.get(0..2)?);
+    // A response, recursion desired and available; rcode 3 (no such name) for a name it does not know.
+    r.extend_from_slice(&[0x81, if known { 0x80 } else { 0x83 }]);
+    r.extend_from_slice(&[0, 1, 0, u8::from(!rdata.is_empty()), 0, 0, 0, 0]);
+    r.extend_from_slice(question);
+    if !rdata.is_empty() {
+        r.extend_from_slice(&[0xc0, 0x0c]);
+        r.extend_from_slice(&qtype.to_be_bytes());
+        r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        r.extend_from_slice(&u16::try_from(rdata.len()).unwrap().to_be_bytes());
+        r.extend_from_slice(&rdata);
+    }
+    Some(r)
+}
+
+/// Resolves the patch server for window `window` with state in `state`, as otpatchd does before it segments
+/// ([`otpatchd::firewall::ServerAddresses::for_window`]), in a child process inside the gateway's namespace, whose
+/// resolver (`ip netns exec` mounts `/etc/netns/<ns>/`) asks the test's DNS server: a thread cannot have its own
+/// resolv.conf. Ok(addresses) or Err(the error's text).
+fn resolve_in_gateway(t: &Topology, state: &std::path::Path, window: &str) -> Result<Vec<SocketAddr>, String> {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.gw])
+        .arg(exe)
+        .args(["--exact", "dns_child_resolves_the_patch_server", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("OTPATCH_DNS_STATE", state)
+        .env("OTPATCH_DNS_WINDOW", window)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("DNS-RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("the child printed no result: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str::<Result<Vec<SocketAddr>, String>>(line).unwrap()
+}
+
+/// Not a test of its own: the child that [`resolve_in_gateway`] runs in the gateway's namespace.
+#[test]
+#[ignore = "run by the DNS tests inside the gateway's namespace"]
+fn dns_child_resolves_the_patch_server() {
+    let state = std::env::var_os("OTPATCH_DNS_STATE").expect("run by resolve_in_gateway");
+    let window = std::env::var("OTPATCH_DNS_WINDOW").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let r = rt
+        .block_on(otpatchd::firewall::ServerAddresses::for_window(
+            std::path::Path::new(&state),
+            &window,
+            DNS_NAME,
+            8443,
+            &[],
+        ))
+        .map_err(|e| e.to_string());
+    println!("\nDNS-RESULT {}", serde_json::to_string(&r).unwrap());
+}
+
+/// The gateway's resolver configuration for `ip netns exec` in its namespace; removed on drop.
+struct NetnsEtc(std::path::PathBuf);
+
+impl NetnsEtc {
+    fn new(t: &Topology, resolver: &str) -> NetnsEtc {
+        let dir = std::path::Path::new("/etc/netns").join(&t.gw);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {resolver}\noptions timeout:1 attempts:1\n"))
+            .unwrap();
+        std::fs::write(dir.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        NetnsEtc(dir)
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The patch server's name is resolved once, before the window, and the window allows exactly what it resolved
+/// to: both of its addresses (IPv4 and IPv6) stay reachable, another address of the same host is not, DNS itself
+/// is blocked during the window, and a restart mid-window (recovery) gets the recorded addresses without asking DNS.
+fn dns_scenario(t: &Topology, fw: &dyn Firewall) {
+    sh(&["ip", "-n", &t.ns("srv"), "addr", "add", "198.18.1.3/24", "dev", &format!("{}p0", t.tag)]);
+    t.echo_server("srv", "198.18.1.2:8443");
+    t.echo_server("srv", "[fd00:18:1::2]:8443");
+    t.echo_server("srv", "198.18.1.3:8443");
+    let queries = dns_server(t, "oth", "198.18.3.2:53");
+    let _etc = NetnsEtc::new(t, "198.18.3.2");
+    let state = tempfile::tempdir().unwrap();
+
+    let mut addrs = resolve_in_gateway(t, state.path(), "w-dns").expect("the name resolves before the window");
+    addrs.sort();
+    let want: Vec<SocketAddr> = vec!["198.18.1.2:8443".parse().unwrap(), "[fd00:18:1::2]:8443".parse().unwrap()];
+    assert_eq!(addrs, want, "what the test's DNS server answers");
+    let asked = queries.load(Ordering::SeqCst);
+    assert!(asked > 0, "the resolution went through the test's DNS server");
+    assert!(t.reaches("gw", "198.18.1.3:8443"), "before the window the other address is reachable");
+
+    let plan = SegmentationPlan {
+        window_id: "w-dns".into(),
+        server: Some((DNS_NAME.into(), 8443)),
+        server_addrs: addrs.clone(),
+        flows: vec![],
+        probe_targets: vec![],
+        log_drops: false,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(fw.apply(&plan)).unwrap();
+    let view = rt.block_on(fw.inspect()).unwrap().expect("segmentation is in place");
+
+    assert!(t.reaches("gw", "198.18.1.2:8443"), "the patch server's IPv4 address is allowed");
+    assert!(t.reaches("gw", "[fd00:18:1::2]:8443"), "the patch server's IPv6 address is allowed");
+    assert!(!t.reaches("gw", "198.18.1.3:8443"), "an address the name did not resolve to is not: {}", view.ruleset);
+    // Recovery after a restart: the recorded addresses, no DNS needed.
+    let again = resolve_in_gateway(t, state.path(), "w-dns").expect("the recorded addresses are reused");
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(queries.load(Ordering::SeqCst), asked, "recovery asked DNS nothing");
+    // DNS itself is not part of the window: a fresh resolution cannot reach the DNS server.
+    let fresh = tempfile::tempdir().unwrap();
+    let e = resolve_in_gateway(t, fresh.path(), "w-other").expect_err("DNS is blocked during the window");
+    assert!(e.contains("cannot resolve"), "{e}");
+    assert_eq!(queries.load(Ordering::SeqCst), asked, "no DNS query got out of the gateway during the window");
+
+    rt.block_on(fw.lift()).unwrap();
+    assert!(resolve_in_gateway(t, fresh.path(), "w-after").is_ok(), "DNS works again after the window");
+    assert!(t.reaches("gw", "198.18.1.3:8443"), "after the window the other address is reachable again");
+}
+
+#[test]
+fn nftables_window_allows_exactly_the_resolved_patch_server_and_needs_no_dns() {
+    let t = Topology::new();
+    let mut argv = netns_prefix(&t);
+    argv.push("nft".into());
+    dns_scenario(&t, &NftFirewall::new(argv));
+}
+
+#[test]
+fn iptables_window_allows_exactly_the_resolved_patch_server_and_needs_no_dns() {
+    let t = Topology::new();
+    let fw = IptablesFirewall::new(netns_prefix(&t), "iptables-legacy", "ip6tables-legacy");
+    dns_scenario(&t, &fw);
+}

@@ -625,3 +625,44 @@ fn an_unreadable_replay_state_fails_closed_and_a_verifier_panic_is_a_refusal() {
     let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
     assert!(e.0.contains("index.json signature refused") && e.0.contains("panicked"), "{e}");
 }
+
+#[test]
+fn the_fetcher_connects_to_exactly_the_addresses_recorded_for_the_window() {
+    use otpatchd::backend::{FetchOutcome, Fetcher};
+    use otpatchd::firewall::ServerAddresses;
+    let n = nginx();
+    index_signer(n.dir.path());
+    let sha = n.publish("lp-1.2.0.otb", 10_000);
+    let entry = serde_json::json!([{"compatible": "acme-gw", "version": "1.2.0", "kind": "livepatch",
+                                    "file": "lp-1.2.0.otb", "size": 10_000, "sha256": sha}]);
+    let day = jiff::SignedDuration::from_hours(24);
+    let now = jiff::Timestamp::now();
+    publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry);
+    let state = tempfile::tempdir().unwrap();
+    let mut fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    // The channel as configured: by the server's name ("localhost", which does resolve to nginx here).
+    let s = n.server();
+    fetcher.channel =
+        Channel::new(s.clone(), tls::client_config(&s.ca, &s.client_cert, &s.client_key).unwrap(), limits());
+    let window = |id: &str| otpatchd::engine::WindowCtx { id: id.into(), start: now, end: now + day, auto_start: true };
+    let r = rt();
+    let record = |id: &str, port: u16| {
+        let addr = std::net::IpAddr::from([127, 0, 0, 1]);
+        r.block_on(ServerAddresses::for_window(state.path(), id, "localhost", port, &[addr])).unwrap()
+    };
+
+    // Recorded for w-dead: an address where nothing listens. The fetcher goes there only, though the name would
+    // have led it to the server.
+    let dead = free_port();
+    record("w-dead", dead);
+    let e = r.block_on(fetcher.fetch(&window("w-dead"), &Default::default(), no_progress())).unwrap_err();
+    assert!(e.0.contains("cannot connect"), "{e}");
+    assert!(!n.access_log().contains("index.json"), "nothing reached the server: {}", n.access_log());
+
+    // Recorded for w-1: the server's address. TLS still checks the server's name ("localhost") on it.
+    record("w-1", n.port);
+    match r.block_on(fetcher.fetch(&window("w-1"), &Default::default(), no_progress())).unwrap() {
+        FetchOutcome::Bundle(b) => assert_eq!(std::fs::metadata(&b.path).unwrap().len(), 10_000),
+        other => panic!("expected a bundle, got {other:?}"),
+    }
+}
