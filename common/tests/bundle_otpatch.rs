@@ -422,7 +422,8 @@ fn allowed_signers_and_crl() {
     bundle::verify(&b.path(), &with_p256, &exp()).unwrap();
 
     let crl = pki.path("inter.crl");
-    let with_crl = TrustStore::from_pem_files(&[pki.path("root.pem")], &[], Some(&crl)).unwrap();
+    let with_crl =
+        TrustStore::from_trust_files(&[pki.path("root.pem")], &[], Some(&crl), Some(&pki.path("inter.pem"))).unwrap();
     bundle::verify(&b.path(), &with_crl, &exp()).unwrap();
     let revoked = build(&Spec::default(), &["revoked"], &[]);
     let err = bundle::verify(&revoked.path(), &with_crl, &exp()).unwrap_err();
@@ -438,7 +439,8 @@ fn crls_must_be_current_and_issued_by_a_ca_of_the_chain() {
     let b = build(&Spec::default(), &["p256"], &[]);
 
     // A CRL valid for one day: accepted now, refused two days later with a message to renew it.
-    let short = TrustStore::from_pem_files(&root, &[], Some(&pki.path("inter-1day.crl"))).unwrap();
+    let inter = pki.path("inter.pem");
+    let short = TrustStore::from_trust_files(&root, &[], Some(&pki.path("inter-1day.crl")), Some(&inter)).unwrap();
     bundle::verify(&b.path(), &short, &exp()).unwrap();
     let later = Expectations { now: now() + jiff::SignedDuration::from_hours(48), ..exp() };
     let err = bundle::verify(&b.path(), &short, &later).unwrap_err();
@@ -455,12 +457,54 @@ fn crls_must_be_current_and_issued_by_a_ca_of_the_chain() {
     let err = TrustStore::from_pem_files(&root, &[], Some(&broken)).unwrap_err().to_string();
     assert!(err.contains("signature"), "{err}");
 
-    // A CRL of a CA that is neither an anchor nor a CA of the chain is not silently ignored.
-    let refused = match TrustStore::from_pem_files(&root, &[], Some(&pki.path("other.crl"))) {
-        Err(e) => e.to_string(),
-        Ok(t) => bundle::verify(&b.path(), &t, &exp()).unwrap_err().to_string(),
+    // Who issued a CRL is settled when the trust store is built (policy load), not at the first window:
+    // an intermediate's CRL without its issuer named, with another CA named, or a CRL of a CA no anchor vouches for.
+    let load = |crl: &str, issuer: Option<&str>| {
+        let issuer = issuer.map(|i| pki.path(i));
+        TrustStore::from_trust_files(&root, &[], Some(&pki.path(crl)), issuer.as_deref()).unwrap_err().to_string()
     };
-    assert!(refused.contains("Unknown Vendor CA"), "{refused}");
+    let e = load("inter-1day.crl", None);
+    assert!(e.contains("otpatch Test Intermediate CA, which is not a trust anchor") && e.contains("crl_issuer"), "{e}");
+    let e = load("inter-1day.crl", Some("nocertsign.pem"));
+    assert!(e.contains("but the policy's crl_issuer") && e.contains("without keyCertSign"), "{e}");
+    let e = load("other.crl", None);
+    assert!(e.contains("Unknown Vendor CA, which is not a trust anchor"), "{e}");
+    let e = load("other.crl", Some("otherroot.pem"));
+    assert!(e.contains("which is not a trust anchor") && e.contains("otherroot.pem"), "{e}");
+    // A signer certificate named as the issuer is not a CA.
+    let e = load("inter-1day.crl", Some("p256.pem"));
+    assert!(e.contains("but the policy's crl_issuer"), "{e}");
+}
+
+/// The policy loader reads the CRL as the verifier will: a CRL no anchor (or named issuer) signed is a policy
+/// error, with the file, line and key, before the daemon runs a window.
+#[test]
+fn a_crl_the_anchors_cannot_vouch_for_is_a_policy_error() {
+    use otpatch_common::policy::{load_files, LoadOptions};
+    let pki = Pki::get();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |crl: &str, issuer: Option<&str>| {
+        let mut text = format!(
+            "[gateway]\nid = \"gw-crl\"\ncompatible = \"acme-gw\"\n\n[trust]\nanchors = [{:?}]\ncrl = {:?}\n",
+            pki.path("root.pem").display().to_string(),
+            pki.path(crl).display().to_string()
+        );
+        if let Some(i) = issuer {
+            text.push_str(&format!("crl_issuer = {:?}\n", pki.path(i).display().to_string()));
+        }
+        let file = dir.path().join("site.toml");
+        std::fs::write(&file, text).unwrap();
+        load_files(&[file], &LoadOptions { check_files: true, file_root: PathBuf::new() })
+    };
+    let e = policy("other.crl", None).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!((e.0[0].line, e.0[0].key.as_str()), (7, "trust.crl"), "{e}");
+    assert!(e.0[0].message.contains("Unknown Vendor CA, which is not a trust anchor"), "{e}");
+    let e = policy("inter.crl", None).unwrap_err();
+    assert!(e.0[0].message.contains("crl_issuer"), "{e}");
+    let s = policy("inter.crl", Some("inter.pem")).unwrap();
+    assert_eq!(s.trust.crl_issuer, Some(pki.path("inter.pem")));
+    policy("root.crl", None).unwrap();
 }
 
 /// `openssl cms -verify` over the same manifest and signature, with the same anchor, at the same time.

@@ -43,8 +43,10 @@ fn gateway_expectations(root: &Path) -> Result<(TrustStore, Expectations), Strin
     let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
     let anchors: Vec<_> = settings.trust.anchors.iter().map(|p| under(p)).collect();
     let crl = settings.trust.crl.as_ref().map(|p| under(p));
-    let trust = TrustStore::from_pem_files(&anchors, &settings.trust.allowed_signers, crl.as_deref())
-        .map_err(|e| e.to_string())?;
+    let issuer = settings.trust.crl_issuer.as_ref().map(|p| under(p));
+    let trust =
+        TrustStore::from_trust_files(&anchors, &settings.trust.allowed_signers, crl.as_deref(), issuer.as_deref())
+            .map_err(|e| e.to_string())?;
     let committed: Option<String> = std::fs::read(under(Path::new("/var/lib/otpatch/committed.json")))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

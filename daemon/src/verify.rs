@@ -43,9 +43,11 @@ impl BundleVerifier {
     pub fn new(settings: &Settings, root: &Sysroot, clock: Arc<dyn Clock>) -> Self {
         let anchors: Vec<PathBuf> = settings.trust.anchors.iter().map(|p| root.path(p)).collect();
         let crl = settings.trust.crl.as_ref().map(|p| root.path(p));
-        let trust = TrustStore::from_pem_files(&anchors, &settings.trust.allowed_signers, crl.as_deref())
-            .map(Arc::new)
-            .map_err(|e| format!("the policy's trust anchors cannot be used: {e}"));
+        let issuer = settings.trust.crl_issuer.as_ref().map(|p| root.path(p));
+        let trust =
+            TrustStore::from_trust_files(&anchors, &settings.trust.allowed_signers, crl.as_deref(), issuer.as_deref())
+                .map(Arc::new)
+                .map_err(|e| format!("the policy's trust anchors cannot be used: {e}"));
         BundleVerifier {
             trust,
             compatible: settings.gateway.compatible.clone(),

@@ -37,9 +37,17 @@ pub(crate) struct CrlInfo {
 /// SHA-1 signatures are refused on CRLs as everywhere else.
 const SHA1_SIGNATURES: &[&str] = &["1.2.840.113549.1.1.5", "1.3.14.3.2.29", "1.2.840.10045.4.1"];
 
-/// Reads the CRL's issuer and nextUpdate; a CRL issued by one of the anchors must verify with its key now, one
-/// issued by an intermediate is checked against the chain of each bundle (see `cms::verify_signer`).
-fn crl_info(path: &Path, der: &[u8], anchors: &[Cert]) -> Result<CrlInfo, BundleError> {
+/// Reads the CRL's issuer and nextUpdate, and checks who issued it, when the trust store is built (policy load):
+/// a CRL must be signed either by one of the anchors (checked with its key) or by the CA the policy names as
+/// `crl_issuer` — a CA certificate that an anchor issued (its signature checked with the anchor's key) and whose
+/// subject is the CRL's issuer. Anything else could never revoke a certificate of a chain the anchors accept, so it
+/// is refused here rather than found out at the first window.
+fn crl_info(
+    path: &Path,
+    der: &[u8],
+    anchors: &[Cert],
+    crl_issuer: Option<(&Path, &Cert)>,
+) -> Result<CrlInfo, BundleError> {
     let bad = |reason: String| BundleError::Crl { path: path.to_path_buf(), reason };
     let (rest, crl) = CertificateRevocationList::from_der(der).map_err(|e| bad(format!("not a CRL: {e}")))?;
     if !rest.is_empty() {
@@ -52,16 +60,49 @@ fn crl_info(path: &Path, der: &[u8], anchors: &[Cert]) -> Result<CrlInfo, Bundle
     let next_update = Timestamp::from_second(next_update.timestamp())
         .map_err(|_| bad(format!("nextUpdate {} is out of range", next_update.timestamp())))?;
     let issuer_raw = crl.issuer().as_raw().to_vec();
-    if let Some(anchor) = anchors.iter().find(|a| a.subject_raw == issuer_raw) {
-        let alg = crl.signature_algorithm.algorithm.to_id_string();
-        if SHA1_SIGNATURES.contains(&alg.as_str()) {
-            return Err(bad(format!("signed with SHA-1 ({alg}), which is too weak and refused")));
+    let signing_ca = if let Some(anchor) = anchors.iter().find(|a| a.subject_raw == issuer_raw) {
+        anchor
+    } else if let Some((ca_path, ca)) = crl_issuer {
+        if ca.subject_raw != issuer_raw {
+            return Err(bad(format!(
+                "it is issued by {issuer}, but the policy's crl_issuer {} is {}",
+                ca_path.display(),
+                ca.subject
+            )));
         }
-        let (_, x) = x509_parser::certificate::X509Certificate::from_der(&anchor.der)
-            .map_err(|e| bad(format!("anchor {}: {e}", anchor.subject)))?;
-        crl.verify_signature(x.public_key())
-            .map_err(|e| bad(format!("its signature does not verify with the key of the anchor {issuer}: {e}")))?;
+        if !ca.is_ca {
+            return Err(bad(format!("its issuer {} ({}) is not a CA certificate", ca.subject, ca_path.display())));
+        }
+        let Some(parent) = anchors.iter().find(|a| a.subject_raw == ca.issuer_raw) else {
+            return Err(bad(format!(
+                "its issuer {} ({}) is issued by {}, which is not a trust anchor",
+                ca.subject,
+                ca_path.display(),
+                ca.issuer
+            )));
+        };
+        let (_, x) = x509_parser::certificate::X509Certificate::from_der(&ca.der)
+            .map_err(|e| bad(format!("crl_issuer {}: {e}", ca.subject)))?;
+        let (_, p) = x509_parser::certificate::X509Certificate::from_der(&parent.der)
+            .map_err(|e| bad(format!("anchor {}: {e}", parent.subject)))?;
+        x.verify_signature(Some(p.public_key())).map_err(|e| {
+            bad(format!("its issuer {} does not verify with the key of the anchor {}: {e}", ca.subject, parent.subject))
+        })?;
+        ca
+    } else {
+        return Err(bad(format!(
+            "it is issued by {issuer}, which is not a trust anchor: a CRL of an intermediate CA needs that CA's \
+             certificate (issued by an anchor) named as crl_issuer in [trust]"
+        )));
+    };
+    let alg = crl.signature_algorithm.algorithm.to_id_string();
+    if SHA1_SIGNATURES.contains(&alg.as_str()) {
+        return Err(bad(format!("signed with SHA-1 ({alg}), which is too weak and refused")));
     }
+    let (_, x) = x509_parser::certificate::X509Certificate::from_der(&signing_ca.der)
+        .map_err(|e| bad(format!("issuer {}: {e}", signing_ca.subject)))?;
+    crl.verify_signature(x.public_key())
+        .map_err(|e| bad(format!("its signature does not verify with the key of its issuer {issuer}: {e}")))?;
     Ok(CrlInfo { path: path.to_path_buf(), issuer_raw, issuer, next_update })
 }
 
@@ -72,6 +113,17 @@ impl TrustStore {
         anchors: &[PathBuf],
         allowed_signers: &[String],
         crl: Option<&Path>,
+    ) -> Result<Self, BundleError> {
+        Self::from_trust_files(anchors, allowed_signers, crl, None)
+    }
+
+    /// As [`TrustStore::from_pem_files`], with the certificate (PEM) of the CA that issued the CRL when that is
+    /// not one of the anchors (`[trust] crl_issuer`: an intermediate CA an anchor issued).
+    pub fn from_trust_files(
+        anchors: &[PathBuf],
+        allowed_signers: &[String],
+        crl: Option<&Path>,
+        crl_issuer: Option<&Path>,
     ) -> Result<Self, BundleError> {
         let mut ders = Vec::new();
         for path in anchors {
@@ -105,8 +157,21 @@ impl TrustStore {
             None => None,
         };
         let mut store = Self::from_der(&ders, allowed_signers, None, anchors.first().map(PathBuf::as_path))?;
+        let issuer = match crl_issuer {
+            Some(path) => {
+                let bad = |reason: String| BundleError::Crl { path: path.to_path_buf(), reason };
+                let mut certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("crl_issuer: {e}")))?;
+                let der = certs
+                    .next()
+                    .ok_or_else(|| bad("crl_issuer: no PEM certificate in the file".into()))?
+                    .map_err(|e| bad(format!("crl_issuer: {e}")))?;
+                Some((path, Cert::parse(&der)?))
+            }
+            None => None,
+        };
         if let Some((crl, der, path)) = crl {
-            store.crl_info = Some(crl_info(path, &der, &store.anchor_certs)?);
+            let issuer = issuer.as_ref().map(|(p, c)| (*p, c));
+            store.crl_info = Some(crl_info(path, &der, &store.anchor_certs, issuer)?);
             store.crl = Some(crl);
         }
         Ok(store)

@@ -272,6 +272,10 @@ pub struct Trust {
     pub allowed_signers: Vec<String>,
     pub allow_downgrade: bool,
     pub crl: Option<PathBuf>,
+    /// The certificate of the CA that issued `crl`, when that is not one of the anchors (an intermediate CA an
+    /// anchor issued); checked at policy load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crl_issuer: Option<PathBuf>,
     pub time_source: TimeSource,
 }
 

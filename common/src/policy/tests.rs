@@ -94,6 +94,7 @@ fn minimal_policy_gets_every_default() {
             allowed_signers: vec![],
             allow_downgrade: false,
             crl: None,
+            crl_issuer: None,
             time_source: TimeSource::SystemWithFloor,
         }
     );
@@ -873,8 +874,10 @@ client_key = "/etc/otpatch"
         fs::write(root.path().join("etc/otpatch").join(file), "x").unwrap();
     }
     let e = parse_sources(&[src("site.toml", &policy)], &opts).unwrap_err();
-    assert_eq!(e.0.len(), 1, "{e}");
-    assert_error(&e.0[0], "site.toml", 12, 14, "server.client_key", "is not a regular file");
+    assert_eq!(e.0.len(), 2, "{e}");
+    // The files exist now; the CRL is read as the verifier will read it (and "x" is no CRL).
+    assert_error(&e.0[0], "site.toml", 7, 7, "trust.crl", "the CRL cannot be used");
+    assert_error(&e.0[1], "site.toml", 12, 14, "server.client_key", "is not a regular file");
 
     // Without check_files nothing is looked up.
     parse_sources(&[src("site.toml", &policy)], &no_files()).unwrap();

@@ -432,6 +432,27 @@ impl<'t> Checker<'_> {
         }
     }
 
+    /// With `check_files`, the CRL is read as the verifier will read it, so that one it could not use (not a CRL,
+    /// a broken signature, issued by a CA that is neither an anchor nor the named `crl_issuer`) is refused at policy
+    /// load and not at the first window. Its expiry is not checked here: that is a matter of time, checked at every
+    /// verification (an expired CRL refuses bundles until the plant renews it).
+    fn check_crl(&mut self, at: At, key: String, anchors: &[PathBuf], crl: &Path, crl_issuer: Option<&Path>) {
+        if !self.opts.check_files {
+            return;
+        }
+        let root = if self.opts.file_root.as_os_str().is_empty() { Path::new("/") } else { &self.opts.file_root };
+        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+        let files: Vec<PathBuf> = anchors.iter().map(|p| under(p)).collect();
+        let (crl, issuer) = (under(crl), crl_issuer.map(under));
+        // A file that is missing was reported already.
+        if !files.iter().chain([&crl]).chain(issuer.iter()).all(|f| f.is_file()) {
+            return;
+        }
+        if let Err(e) = crate::bundle::TrustStore::from_trust_files(&files, &[], Some(&crl), issuer.as_deref()) {
+            self.error(at, key, format!("the CRL cannot be used: {e}"));
+        }
+    }
+
     // ----- sections -----
 
     fn gateway(&mut self, root: &Tbl<'t>) -> Option<Gateway> {
@@ -480,7 +501,7 @@ impl<'t> Checker<'_> {
 
     fn trust(&mut self, root: &Tbl<'t>) -> Option<Trust> {
         let t = self.section(root, "trust");
-        self.keys(&t, &["anchors", "allowed_signers", "allow_downgrade", "crl", "time_source"]);
+        self.keys(&t, &["anchors", "allowed_signers", "allow_downgrade", "crl", "crl_issuer", "time_source"]);
         let anchors = match self.array(&t, "anchors") {
             Got::Ok(items, at) => {
                 if items.is_empty() {
@@ -512,7 +533,22 @@ impl<'t> Checker<'_> {
             _ => Vec::new(),
         };
         let allow_downgrade = self.boolean(&t, "allow_downgrade").or(false);
-        let crl = self.abs_path(&t, "crl").value();
+        let crl = match self.abs_path(&t, "crl") {
+            Got::Ok(path, at) => Some((path, at)),
+            _ => None,
+        };
+        let crl_issuer = match self.abs_path(&t, "crl_issuer") {
+            Got::Ok(path, at) => Some((path, at)),
+            _ => None,
+        };
+        if let (Some((_, at)), None) = (&crl_issuer, &crl) {
+            self.error(*at, t.key("crl_issuer"), "names the issuer of a CRL, but [trust] has no crl");
+        }
+        if let (Some(anchors), Some((crl, at))) = (&anchors, &crl) {
+            self.check_crl(*at, t.key("crl"), anchors, crl, crl_issuer.as_ref().map(|(p, _)| p.as_path()));
+        }
+        let crl_issuer = crl_issuer.map(|(p, _)| p);
+        let crl = crl.map(|(p, _)| p);
         let time_source = self
             .choice(
                 &t,
@@ -520,7 +556,7 @@ impl<'t> Checker<'_> {
                 &[("system", TimeSource::System), ("system-with-floor", TimeSource::SystemWithFloor)],
             )
             .or(TimeSource::SystemWithFloor);
-        Some(Trust { anchors: anchors?, allowed_signers, allow_downgrade, crl, time_source })
+        Some(Trust { anchors: anchors?, allowed_signers, allow_downgrade, crl, crl_issuer, time_source })
     }
 
     /// The limits, and where `max_window` was set: `Some(None)` for the default, `None` when it is invalid.
