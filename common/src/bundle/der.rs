@@ -174,12 +174,13 @@ pub(crate) fn oid_to_string(oid: &[u8]) -> String {
 pub(crate) fn write(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
     out.push(tag);
     let len = value.len();
-    if len < 0x80 {
-        out.push(len as u8);
+    if let Ok(short @ 0..0x80) = u8::try_from(len) {
+        out.push(short);
     } else {
         let bytes = len.to_be_bytes();
         let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
+        // At most size_of::<usize>() length bytes: always fits the low seven bits.
+        out.push(0x80 | u8::try_from(bytes.len() - skip).unwrap_or(0x7f));
         out.extend_from_slice(&bytes[skip..]);
     }
     out.extend_from_slice(value);

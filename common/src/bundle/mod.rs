@@ -14,6 +14,9 @@
 //! codeSigning signer, optional allowed signer names and CRL, then the anti-rollback and expiry rules of
 //! [`Expectations`]. [`create`] writes otpatch bundles with native signing; [`inspect`] reports on any bundle.
 
+// The parsers below read untrusted bytes: no silent truncation or sign change in a length or an offset.
+#![deny(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_possible_wrap)]
+
 mod cms;
 mod create;
 mod der;
@@ -381,12 +384,23 @@ pub(crate) fn io(path: &Path, e: std::io::Error) -> BundleError {
 }
 
 /// Reads exactly `len` bytes at `offset`; `len` is always checked against the file size by the caller.
-pub(crate) fn read_at(f: &mut std::fs::File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, BundleError> {
+pub(crate) fn read_at(f: &mut std::fs::File, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, BundleError> {
     use std::io::{Read, Seek, SeekFrom};
+    let len = usize_of(len, "a part of the bundle")?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| io(path, e))?;
     let mut buf = vec![0u8; len];
     f.read_exact(&mut buf).map_err(|e| io(path, e))?;
     Ok(buf)
+}
+
+/// A length or offset read from untrusted bytes as a `usize`; one that does not fit this target (a 32-bit
+/// gateway) is refused, never truncated.
+pub(crate) fn usize_of(v: u64, what: &'static str) -> Result<usize, BundleError> {
+    usize::try_from(v).map_err(|_| BundleError::SizeTooLarge {
+        what,
+        declared: v,
+        limit: u64::try_from(usize::MAX).unwrap_or(u64::MAX),
+    })
 }
 
 /// Hashes `len` bytes from `offset` with a fixed buffer; returns the digest.

@@ -80,11 +80,11 @@ fn read_parts(path: &Path) -> Result<Parts, BundleError> {
     if len < TRAILER_LEN {
         return Err(BundleError::Truncated { what: "trailer", needed: TRAILER_LEN, available: len });
     }
-    let tail = read_at(&mut file, path, len - TRAILER_LEN, TRAILER_LEN as usize)?;
+    let tail = read_at(&mut file, path, len - TRAILER_LEN, TRAILER_LEN)?;
     let trailer = Trailer::parse(&tail, len)?;
     // Both lengths are bounded by the limits checked in Trailer::parse.
-    let manifest = read_at(&mut file, path, trailer.payload_len, trailer.manifest_len as usize)?;
-    let cms = read_at(&mut file, path, trailer.payload_len + trailer.manifest_len, trailer.cms_len as usize)?;
+    let manifest = read_at(&mut file, path, trailer.payload_len, trailer.manifest_len)?;
+    let cms = read_at(&mut file, path, trailer.payload_len + trailer.manifest_len, trailer.cms_len)?;
     Ok(Parts { file, len, trailer, manifest, cms })
 }
 
@@ -139,15 +139,25 @@ pub(crate) fn inspect(path: &Path) -> Result<InspectReport, BundleError> {
 /// Parses the trailer and, if it is sound, the manifest of an in-memory bundle: the fuzz targets' entry point.
 #[doc(hidden)]
 pub fn parse_untrusted(bytes: &[u8]) -> Result<(Trailer, Manifest), BundleError> {
-    let len = bytes.len() as u64;
+    let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
     if len < TRAILER_LEN {
         return Err(BundleError::Truncated { what: "trailer", needed: TRAILER_LEN, available: len });
     }
-    let split = bytes.len() - TRAILER_LEN as usize;
+    let split = bytes.len() - super::usize_of(TRAILER_LEN, "the trailer")?;
     let t = Trailer::parse(&bytes[split..], len)?;
-    let start = t.payload_len as usize;
-    let m = Manifest::parse_otpatch(&bytes[start..start + t.manifest_len as usize])?;
-    let cms_start = start + t.manifest_len as usize;
-    let _ = cms::parse(&bytes[cms_start..cms_start + t.cms_len as usize]).map(|sd| sd.single_signer().is_ok());
+    let start = super::usize_of(t.payload_len, "the payloads")?;
+    let manifest_len = super::usize_of(t.manifest_len, "the manifest")?;
+    let cms_len = super::usize_of(t.cms_len, "the CMS")?;
+    // Trailer::parse checked that these lie inside the file; the slicing is checked all the same.
+    let part = |from: usize, n: usize, what: &'static str| {
+        bytes.get(from..from.saturating_add(n)).ok_or(BundleError::Truncated {
+            what,
+            needed: t.payload_len,
+            available: len,
+        })
+    };
+    let m = Manifest::parse_otpatch(part(start, manifest_len, "manifest")?)?;
+    let cms_start = start + manifest_len;
+    let _ = cms::parse(part(cms_start, cms_len, "CMS")?).map(|sd| sd.single_signer().is_ok());
     Ok((t, m))
 }

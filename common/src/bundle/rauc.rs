@@ -20,6 +20,7 @@ use super::{
 };
 
 const VERITY_BLOCK: u64 = 4096;
+const VERITY_BLOCK_BYTES: usize = 4096;
 
 /// The RAUC manifest fields that matter here.
 #[derive(Debug, Clone, Default)]
@@ -142,7 +143,7 @@ fn layout(f: &mut std::fs::File, path: &Path) -> Result<Layout, BundleError> {
         return Err(BundleError::Truncated { what: "RAUC signature", needed: cms_len + 8, available: len });
     }
     let payload_len = len - 8 - cms_len;
-    let cms = read_at(f, path, payload_len, cms_len as usize)?;
+    let cms = read_at(f, path, payload_len, cms_len)?;
     Ok(Layout { len, payload_len, cms })
 }
 
@@ -244,21 +245,21 @@ fn check_verity(
         f.read_exact_at(buf, block * VERITY_BLOCK).map_err(|e| verity_err(format!("block {block}: {e}")))
     };
     let mut input = vec![0u8; HASH_BUF];
-    let mut hashes = vec![0u8; VERITY_BLOCK as usize];
+    let mut hashes = vec![0u8; VERITY_BLOCK_BYTES];
     for (level, &size) in sizes.iter().enumerate() {
         let (in_start, in_count) = if level == 0 { (0, data_blocks) } else { (starts[level - 1], sizes[level - 1]) };
         let per_read = HASH_BUF as u64 / VERITY_BLOCK;
         let mut done = 0u64;
         while done < in_count {
             let k = per_read.min(in_count - done);
-            let chunk = &mut input[..(k * VERITY_BLOCK) as usize];
+            let chunk = &mut input[..super::usize_of(k, "hash tree")? * VERITY_BLOCK_BYTES];
             read(in_start + done, chunk)?;
-            for (j, block) in chunk.chunks_exact(VERITY_BLOCK as usize).enumerate() {
+            for (j, block) in chunk.chunks_exact(VERITY_BLOCK_BYTES).enumerate() {
                 let idx = done + j as u64;
                 if idx.is_multiple_of(PER_BLOCK) {
                     read(starts[level] + idx / PER_BLOCK, &mut hashes)?;
                     // Entries past the last input block of the last hash block must be zero.
-                    let used = ((in_count - idx).min(PER_BLOCK) * 32) as usize;
+                    let used = super::usize_of((in_count - idx).min(PER_BLOCK) * 32, "hash block")?;
                     if hashes[used..].iter().any(|b| *b != 0) {
                         return Err(verity_err(format!(
                             "spare area of hash block {} is not zero",
@@ -266,7 +267,7 @@ fn check_verity(
                         )));
                     }
                 }
-                let e = ((idx % PER_BLOCK) * 32) as usize;
+                let e = super::usize_of((idx % PER_BLOCK) * 32, "hash block")?;
                 if salted(salt, block).as_ref() != &hashes[e..e + 32] {
                     let what = if level == 0 { "data" } else { "hash" };
                     return Err(verity_err(format!(
@@ -279,7 +280,7 @@ fn check_verity(
         }
         let _ = size;
     }
-    let mut top = vec![0u8; VERITY_BLOCK as usize];
+    let mut top = vec![0u8; VERITY_BLOCK_BYTES];
     read(*starts.last().unwrap_or(&0), &mut top)?;
     if salted(salt, &top).as_ref() != root {
         return Err(verity_err("root hash does not match the manifest's verity-hash"));

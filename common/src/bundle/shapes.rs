@@ -196,7 +196,7 @@ fn name(src: &mut Source<'_>) -> Vec<u8> {
 /// the right length, any length, or a time under another tag.
 fn time(src: &mut Source<'_>) -> Vec<u8> {
     let generalized = src.rarely();
-    let mut digits = |n: usize, lo: u32, hi: u32| format!("{:0n$}", lo + src.below((hi - lo + 1) as usize) as u32);
+    let mut digits = |n: usize, lo: usize, hi: usize| format!("{:0n$}", lo + src.below(hi - lo + 1));
     let body = format!(
         "{}{}{}{}{}{}",
         if generalized { digits(4, 1950, 2100) } else { digits(2, 0, 99) },

@@ -228,7 +228,7 @@ impl<'f> Squashfs<'f> {
         if n > self.len / 4 || n > 1 << 20 {
             return Err(err(self.inode_table, format!("{n} blocks declared")));
         }
-        let sizes = ino.bytes(n as usize * 4)?;
+        let sizes = ino.bytes(super::usize_of(n, "block list")? * 4)?;
         let block_sizes = sizes.chunks_exact(4).map(|c| le32(c, 0)).collect();
         Ok(FileEntry { size, blocks_start, block_sizes, fragment })
     }
@@ -240,7 +240,7 @@ impl<'f> Squashfs<'f> {
         let mut left = f.size;
         for &s in &f.block_sizes {
             let stored = (s & 0x00ff_ffff) as usize;
-            let want = left.min(bs as u64) as usize;
+            let want = super::usize_of(left.min(u64::from(self.block_size)), "data block")?;
             if stored == 0 {
                 sink(&vec![0u8; want]);
             } else {
@@ -272,7 +272,7 @@ impl<'f> Squashfs<'f> {
             let raw = self.read(start, stored)?;
             let data = if s & 0x0100_0000 != 0 { raw } else { inflate(&raw, bs, start)? };
             let from = offset as usize;
-            let to = from + left as usize;
+            let to = from.saturating_add(super::usize_of(left, "file tail")?);
             let piece = data.get(from..to).ok_or_else(|| err(start, "file tail runs past its fragment"))?;
             sink(piece);
         } else if left != 0 {
