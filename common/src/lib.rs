@@ -15,6 +15,7 @@ pub mod api;
 pub mod audit;
 #[cfg(feature = "bundle")]
 pub mod bundle;
+pub mod exit;
 pub mod policy;
 pub mod schedule;
 pub mod units;

@@ -7,26 +7,14 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use otpatch_common::units::parse_duration;
 
-/// The exit-code table, shown at the end of `otpatchctl --help` and in the man page.
-pub const EXIT_CODES_HELP: &str = "\
-Exit codes:
-  0   success
-  1   other failure
-  2   usage error (bad command line)
-  3   daemon not reachable: no system bus, or io.otpatch.Daemon1 is not on it (see DBUS_SYSTEM_BUS_ADDRESS),
-      or the daemon did not answer within --timeout
-  4   access denied: must be root or in group otpatch
-  5   refused by the daemon: invalid arguments, window refused, invalid state or policy rejected
-  6   policy invalid (policy check)
-  7   audit chain broken (log --verify)
-  8   not found (no such window, or a version retry names that was not rolled back)
-  9   watch --exit-on-complete: the window rolled back
-  10  watch --exit-on-complete: the window failed
-  11  watch --max-wait: gave up waiting
-  12  bundle inspect: the policy would refuse the bundle; bundle create: an input was refused
-
-Environment:
-  DBUS_SYSTEM_BUS_ADDRESS   the system bus to use (default unix:path=/var/run/dbus/system_bus_socket)";
+/// The exit-code table (from [`otpatch_common::exit::ExitCode`]) and the environment, shown at the end of
+/// `otpatchctl --help` and in the man page.
+pub fn exit_codes_help() -> String {
+    format!(
+        "{}\nEnvironment:\n  DBUS_SYSTEM_BUS_ADDRESS   the system bus to use (default unix:path=/var/run/dbus/system_bus_socket)",
+        otpatch_common::exit::ExitCode::help_table()
+    )
+}
 
 /// Command-line client of otpatchd, the OT gateway update daemon.
 ///
@@ -35,7 +23,7 @@ Environment:
 /// system D-Bus (io.otpatch.Daemon1); mutating commands need root or membership in the policy's access group
 /// (otpatch by default).
 #[derive(Debug, Parser)]
-#[command(name = "otpatchctl", version, after_long_help = EXIT_CODES_HELP)]
+#[command(name = "otpatchctl", version, after_long_help = exit_codes_help())]
 pub struct Cli {
     /// Print machine-readable JSON on stdout (errors too, as {"error": {"name": ..., "message": ...}}).
     #[arg(long, global = true)]

@@ -11,27 +11,23 @@ use otpatch_common::units::format_duration;
 use zbus::DBusError;
 
 /// The exit codes. They are part of the interface: scripts and SCADA integrations test them.
+/// (Defined once, with their meanings, in [`otpatch_common::exit::ExitCode`]; these are its values.)
 pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILURE: u8 = 1;
-    /// Usage errors; clap exits with this itself.
-    #[allow(dead_code)]
-    pub const USAGE: u8 = 2;
-    pub const UNREACHABLE: u8 = 3;
-    pub const DENIED: u8 = 4;
-    pub const REFUSED: u8 = 5;
-    pub const POLICY_INVALID: u8 = 6;
-    pub const CHAIN_BROKEN: u8 = 7;
-    pub const NOT_FOUND: u8 = 8;
-    pub const ROLLED_BACK: u8 = 9;
-    pub const WINDOW_FAILED: u8 = 10;
-    pub const WAIT_TIMEOUT: u8 = 11;
-    /// `bundle inspect`: the policy would refuse the bundle; `bundle create`: the inputs were refused.
-    pub const BUNDLE_REFUSED: u8 = 12;
-    /// `watch`: an A/B update was installed into the inactive slot; it runs after a reboot (not allowed in the window).
-    pub const REBOOT_PENDING: u8 = 13;
-    /// Interrupted by Ctrl-C (128 + SIGINT), as shells report it.
-    pub const INTERRUPTED: u8 = 130;
+    use otpatch_common::exit::ExitCode;
+    pub const OK: u8 = ExitCode::Ok.code();
+    pub const FAILURE: u8 = ExitCode::Failure.code();
+    pub const UNREACHABLE: u8 = ExitCode::Unreachable.code();
+    pub const DENIED: u8 = ExitCode::Denied.code();
+    pub const REFUSED: u8 = ExitCode::Refused.code();
+    pub const POLICY_INVALID: u8 = ExitCode::PolicyInvalid.code();
+    pub const CHAIN_BROKEN: u8 = ExitCode::ChainBroken.code();
+    pub const NOT_FOUND: u8 = ExitCode::NotFound.code();
+    pub const ROLLED_BACK: u8 = ExitCode::RolledBack.code();
+    pub const WINDOW_FAILED: u8 = ExitCode::WindowFailed.code();
+    pub const WAIT_TIMEOUT: u8 = ExitCode::WaitTimeout.code();
+    pub const BUNDLE_REFUSED: u8 = ExitCode::BundleRefused.code();
+    pub const REBOOT_PENDING: u8 = ExitCode::RebootPending.code();
+    pub const INTERRUPTED: u8 = ExitCode::Interrupted.code();
 }
 
 /// Error names of the failures otpatchctl finds itself (the `name` of `{"error": ...}` in `--json` mode).
