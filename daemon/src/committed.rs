@@ -53,16 +53,7 @@ pub struct Committed {
 impl Committed {
     /// Reads the file; a missing file is "nothing committed yet".
     pub fn load(path: &Path) -> Result<Committed, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                format!(
-                    "{} is unreadable ({e}); refusing to guess what is committed: restore or remove it",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Committed::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        Ok(crate::fsutil::load_json(path, "what is committed")?.unwrap_or_default())
     }
 
     /// The version committed for `compatible`, if any.

@@ -20,6 +20,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Reads a JSON state file, failing closed: `Ok(None)` when it does not exist (nothing recorded yet), an error
+/// naming the file when it cannot be read or parsed — never "nothing recorded", which could let through what the
+/// record exists to stop. `what` finishes "refusing to guess ...".
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<Option<T>, String> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            format!("{} is unreadable ({e}); refusing to guess {what}: restore or remove it", path.display())
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// SHA-256 (lowercase hex) of a file, read in 64 KiB pieces: constant memory whatever its size.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     use sha2::{Digest, Sha256};

@@ -19,16 +19,7 @@ pub struct RolledBack {
 impl RolledBack {
     /// Reads the file; a missing file is "nothing rolled back".
     pub fn load(path: &Path) -> Result<RolledBack, String> {
-        match std::fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                format!(
-                    "{} is unreadable ({e}); refusing to guess which versions were rolled back: restore or remove it",
-                    path.display()
-                )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(RolledBack::default()),
-            Err(e) => Err(format!("{}: {e}", path.display())),
-        }
+        Ok(crate::fsutil::load_json(path, "which versions were rolled back")?.unwrap_or_default())
     }
 
     /// The record of `version` for `compatible`, if it was rolled back.

@@ -489,17 +489,9 @@ impl HttpsFetcher {
     /// What the replay check remembers. Missing: nothing accepted yet. Unreadable: an error, never "nothing
     /// seen" (that would let a replayed older index in), as with `committed.json`.
     fn load_state(&self) -> BackendResult<IndexState> {
-        let path = self.state_path();
-        match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                BackendError::new(format!(
-                    "{} is unreadable ({e}); refusing to guess which index was seen last: restore or remove it",
-                    path.display()
-                ))
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IndexState::default()),
-            Err(e) => Err(BackendError::new(format!("{}: {e}", path.display()))),
-        }
+        Ok(crate::fsutil::load_json(&self.state_path(), "which index was seen last")
+            .map_err(BackendError::new)?
+            .unwrap_or_default())
     }
 }
 

@@ -69,16 +69,10 @@ impl ServerAddresses {
 
     /// The record for `window_id`, if one was written for it (an unreadable record is an error).
     pub fn load(state_dir: &std::path::Path, window_id: &str) -> BackendResult<Option<ServerAddresses>> {
-        let path = Self::path(state_dir);
-        match std::fs::read(&path) {
-            Ok(b) => {
-                let r: ServerAddresses = serde_json::from_slice(&b)
-                    .map_err(|e| BackendError::new(format!("{} is unreadable: {e}", path.display())))?;
-                Ok((r.window_id == window_id).then_some(r))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(BackendError::new(format!("{}: {e}", path.display()))),
-        }
+        let r: Option<ServerAddresses> =
+            crate::fsutil::load_json(&Self::path(state_dir), "which addresses the patch server has in this window")
+                .map_err(BackendError::new)?;
+        Ok(r.filter(|r| r.window_id == window_id))
     }
 
     /// The addresses for `window_id`: the ones recorded for it (recovery), else the policy's pinned ones, else
