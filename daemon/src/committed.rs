@@ -41,6 +41,38 @@ impl CommittedBundle {
     }
 }
 
+/// What putting one committed livepatch back came to.
+#[derive(Debug)]
+pub struct Reapplied {
+    pub compatible: String,
+    pub bundle: CommittedBundle,
+    /// `Ok(true)`: loaded now; `Ok(false)`: it was in place already (never applied twice).
+    pub result: Result<bool, crate::backend::BackendError>,
+}
+
+/// Puts back every committed livepatch the kernel does not have (after a reboot), from its bundle, re-verified
+/// as of its commit by `patcher`. What this gateway committed as an A/B image is the bootloader's to keep.
+pub async fn reapply_livepatches(
+    committed: &Committed,
+    patcher: &dyn crate::backend::Patcher,
+    progress: crate::backend::ProgressFn,
+) -> Vec<Reapplied> {
+    let mut out = Vec::new();
+    for (compatible, c) in &committed.bundles {
+        if c.kind != PatchKind::Livepatch {
+            continue;
+        }
+        let bundle = c.to_verified(compatible);
+        let result = match patcher.is_applied(&bundle).await {
+            Ok(true) => Ok(false),
+            Ok(false) => patcher.apply("boot", &bundle, progress.clone()).await.map(|_| true),
+            Err(e) => Err(e),
+        };
+        out.push(Reapplied { compatible: compatible.clone(), bundle: c.clone(), result });
+    }
+    out
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Committed {
     /// By `compatible`.

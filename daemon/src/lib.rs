@@ -18,6 +18,7 @@ pub mod firewall;
 pub mod fsutil;
 pub mod health;
 pub mod journal;
+pub mod last_good;
 pub mod livepatch;
 pub mod orchestrator;
 pub mod prune;

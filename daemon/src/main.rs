@@ -264,6 +264,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The policy in force is invalid: re-applies the committed livepatches with a livepatcher made from the last
+/// good policy (see [`otpatchd::last_good`]). Returns what it did, for the error message.
+async fn reapply_under_last_good(root: &Sysroot, choice: BackendChoice) -> String {
+    let state = root.state_dir();
+    let settings = match otpatchd::last_good::load(&state) {
+        Ok(Some(s)) => s,
+        Ok(None) => return "no policy was in force here before: nothing could be re-applied".into(),
+        Err(e) => return format!("nothing re-applied: {e}"),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let patcher: Arc<dyn otpatchd::backend::Patcher> = match choice {
+        BackendChoice::Real => {
+            let verifier = Arc::new(BundleVerifier::new(&settings, root, clock.clone()));
+            Arc::new(livepatcher(&settings, root, verifier))
+        }
+        #[cfg(feature = "fake-backends")]
+        BackendChoice::Fake => match backends(choice, &settings, root, clock.clone()).await {
+            Ok(b) => b.livepatcher,
+            Err(e) => return format!("nothing re-applied: {e:#}"),
+        },
+    };
+    otpatchd::last_good::reapply_under_invalid_policy(&state, patcher, clock.as_ref()).await
+}
+
 /// Whether this daemon drives the real netfilter (production, or the process tests of segmentation).
 fn real_firewall(choice: BackendChoice) -> bool {
     choice == BackendChoice::Real || std::env::var_os("OTPATCH_REAL_FIREWALL").is_some()
@@ -298,12 +322,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if !args.check_policy && real_firewall(args.backends) {
                 lift_leftovers(None).await;
             }
-            anyhow::bail!("the policy is invalid; fix it and start again:\n{errs}")
+            // Nor less patched: what was committed is put back under the policy it was committed under.
+            let reapplied = if args.check_policy {
+                String::new()
+            } else {
+                format!("\n({})", reapply_under_last_good(&root, args.backends).await)
+            };
+            anyhow::bail!("the policy is invalid; fix it and start again:\n{errs}{reapplied}")
         }
     };
     if args.check_policy {
         println!("policy OK: {} files", settings.sources.len());
         return Ok(());
+    }
+    if let Err(e) = otpatchd::last_good::save(&root.state_dir(), &settings) {
+        warn!(error = %e, "cannot record the policy as the last good one");
     }
     let in_use = if real_firewall(args.backends) {
         Some(firewall::detect(settings.segmentation.backend, &["nft".to_string()]).await)

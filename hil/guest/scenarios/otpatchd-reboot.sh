@@ -5,7 +5,8 @@
 # `otpatchctl status` already finds it loaded, and the marker comes with the transition. Boot 2 happens
 # months later: the guest clock is moved 400 days on, past the manifest's expiry (180 days by default) and
 # the signer certificate's validity; the committed fix is put back all the same (its integrity is checked as
-# of its commit), while nothing new could be verified at that clock.
+# of its commit), while nothing new could be verified at that clock. And before that, the policy has been
+# broken by an edit: the first start refuses to run (no window) but puts the committed fix back first.
 . /hil/otpatchd.sh
 
 BOOT=1
@@ -34,6 +35,20 @@ else
   check fresh-kernel-no-marker sh -c '! grep -q otpatch.livepatch= /proc/cmdline'
   check clock-moved-400-days date -s "@$(( $(date +%s) + 400 * 86400 ))"
   info "guest clock now $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  # Meanwhile the policy in force was edited into something invalid: otpatchd runs no window and stops with
+  # the policy's errors, but first puts back what was committed, under the policy it last started with.
+  mkdir -p /etc/otpatch/policy.d
+  printf '[limits]\nmax_window = "forever"\n' >/etc/otpatch/policy.d/zz-broken.toml
+  _t=$(hil_ms)
+  _rc=0
+  NO_COLOR=1 otpatchd --log text >/tmp/otpatchd-broken.log 2>&1 || _rc=$?
+  hil_time broken-policy-start-to-exit "$_t"
+  tail -n 5 /tmp/otpatchd-broken.log | while IFS= read -r l; do info "broken-policy otpatchd: $l"; done
+  check broken-policy-refused [ "$_rc" != 0 ]
+  check broken-policy-named grep -q 'max_window' /tmp/otpatchd-broken.log
+  check broken-policy-reapplied test -d "/sys/kernel/livepatch/$LP_NAME"
+  check broken-policy-said-so grep -q '1.0.0 re-applied' /tmp/otpatchd-broken.log
+  rm /etc/otpatch/policy.d/zz-broken.toml
   _t=$(hil_ms)
   otp_start
   # Before READY: loaded by the time the daemon first answers on the bus.
