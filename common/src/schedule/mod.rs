@@ -49,8 +49,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::format_duration;
 
+mod local;
 #[cfg(test)]
 mod tests;
+pub mod weekdays;
+
+use local::*;
 
 /// How far [`Schedule::check_recurring`] looks ahead: more than a year, so both daylight-saving changes are covered.
 const CHECK_HORIZON: Duration = Duration::from_secs(400 * 86_400);
@@ -509,178 +513,6 @@ impl Schedule {
             .iter()
             .flat_map(|r| r.occurrences(from, until).unwrap_or_default())
             .filter(|o| !self.skipped.contains(&o.id))
-            .collect()
-    }
-}
-
-/// Whether two half-open intervals `[start, end)` intersect.
-fn overlaps(a: &Occurrence, b: &Occurrence) -> bool {
-    a.start < b.end && b.start < a.end
-}
-
-fn time_zone(zone: &str) -> Result<TimeZone, ScheduleError> {
-    TimeZone::get(zone).map_err(|_| ScheduleError::UnknownTimeZone { zone: zone.to_string() })
-}
-
-fn out_of_range(e: jiff::Error) -> ScheduleError {
-    ScheduleError::OutOfRange { detail: e.to_string() }
-}
-
-enum ParsedStart {
-    /// Had an offset (or `Z`): an absolute instant.
-    Instant(Timestamp),
-    /// Local wall-clock time, to resolve in the zone.
-    Local(DateTime),
-}
-
-/// Reads `YYYY-MM-DDTHH:MM[:SS]`, optionally followed by an offset (`+01:00`, `-05:00`, `Z`).
-fn parse_start(input: &str) -> Result<ParsedStart, ScheduleError> {
-    let text = input.trim();
-    let bad = |detail: &str| ScheduleError::BadStart { input: input.to_string(), detail: detail.to_string() };
-    // The time part: after the date and its `T` (or space). A date alone is refused, not taken as midnight.
-    if text.is_empty() {
-        return Err(bad("nothing given"));
-    }
-    let time_part = match text.find(['T', 't', ' ']) {
-        Some(i) if i > 0 => &text[i + 1..],
-        _ => return Err(bad("no time of day")),
-    };
-    if text.contains('[') {
-        return Err(bad("a [zone] annotation is not accepted; give the zone separately"));
-    }
-    if time_part.contains(['+', '-', 'Z', 'z']) {
-        text.parse::<Timestamp>().map(ParsedStart::Instant).map_err(|e| bad(&e.to_string()))
-    } else {
-        text.parse::<DateTime>().map(ParsedStart::Local).map_err(|e| bad(&e.to_string()))
-    }
-}
-
-/// The instant of a local start time that exists exactly once in `tz`.
-fn resolve_local(tz: &TimeZone, zone: &str, dt: DateTime) -> Result<Timestamp, ScheduleError> {
-    let ambiguous = tz.to_ambiguous_timestamp(dt);
-    match ambiguous.offset() {
-        AmbiguousOffset::Unambiguous { .. } => ambiguous.unambiguous().map_err(out_of_range),
-        AmbiguousOffset::Gap { before, after } => {
-            let (jump_from, jump_to) = transition(tz, dt, before, after)?;
-            Err(ScheduleError::NonexistentLocalTime { start: dt, zone: zone.to_string(), jump_from, jump_to })
-        }
-        AmbiguousOffset::Fold { before, after } => {
-            let (back_from, back_to) = transition(tz, dt, before, after)?;
-            Err(ScheduleError::AmbiguousLocalTime {
-                start: dt,
-                zone: zone.to_string(),
-                back_from,
-                back_to,
-                first: before,
-                second: after,
-            })
-        }
-    }
-}
-
-/// The wall-clock times just before and just after the transition that makes `dt` a gap or a fold.
-fn transition(tz: &TimeZone, dt: DateTime, before: Offset, after: Offset) -> Result<(Time, Time), ScheduleError> {
-    // Read with either offset, `dt` gives one instant before the transition (the earlier one) and one at or after.
-    let a = before.to_timestamp(dt).map_err(out_of_range)?;
-    let b = after.to_timestamp(dt).map_err(out_of_range)?;
-    let at = tz
-        .following(a.min(b))
-        .next()
-        .map(|t| t.timestamp())
-        .ok_or_else(|| ScheduleError::OutOfRange { detail: format!("no time zone transition near {dt}") })?;
-    Ok((before.to_datetime(at).time(), after.to_datetime(at).time()))
-}
-
-/// `HH:MM`, or `HH:MM:SS` when there are seconds.
-fn fmt_time(t: Time) -> String {
-    if t.second() == 0 && t.subsec_nanosecond() == 0 {
-        format!("{:02}:{:02}", t.hour(), t.minute())
-    } else {
-        t.to_string()
-    }
-}
-
-/// `YYYY-MM-DDTHH:MM`, or with seconds when there are some.
-fn fmt_datetime(dt: DateTime) -> String {
-    format!("{}T{}", dt.date(), fmt_time(dt.time()))
-}
-
-/// `+01:00`, `-05:00`, `+05:30`.
-fn fmt_offset(o: Offset) -> String {
-    let secs = o.seconds();
-    let sign = if secs < 0 { '-' } else { '+' };
-    let abs = secs.unsigned_abs();
-    let (h, m, s) = (abs / 3600, abs / 60 % 60, abs % 60);
-    if s == 0 {
-        format!("{sign}{h:02}:{m:02}")
-    } else {
-        format!("{sign}{h:02}:{m:02}:{s:02}")
-    }
-}
-
-/// An instant as local time in `zone` with its offset, e.g. `2026-12-01T02:00+01:00`; UTC if the zone is unknown.
-fn fmt_in_zone(ts: Timestamp, zone: &str) -> String {
-    let tz = TimeZone::get(zone).unwrap_or(TimeZone::UTC);
-    format!("{}{}", fmt_datetime(tz.to_datetime(ts)), fmt_offset(tz.to_offset(ts)))
-}
-
-/// `<start> to <end> <zone>`.
-fn fmt_span(o: &Occurrence) -> String {
-    format!("{} to {} {}", fmt_in_zone(o.start, &o.timezone), fmt_in_zone(o.end, &o.timezone), o.timezone)
-}
-
-/// How an occurrence's source is named in messages.
-fn kind(o: &Occurrence) -> String {
-    match &o.source {
-        WindowSource::OneOff => "one-off window".to_string(),
-        WindowSource::Recurring(name) => format!("recurring window {name:?}, occurrence"),
-    }
-}
-
-/// Weekdays as their three-letter lower-case names (`mon` .. `sun`), as the policy writes them.
-pub mod weekdays {
-    use jiff::civil::Weekday;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    const NAMES: [(&str, Weekday); 7] = [
-        ("mon", Weekday::Monday),
-        ("tue", Weekday::Tuesday),
-        ("wed", Weekday::Wednesday),
-        ("thu", Weekday::Thursday),
-        ("fri", Weekday::Friday),
-        ("sat", Weekday::Saturday),
-        ("sun", Weekday::Sunday),
-    ];
-
-    /// The weekday named `mon` .. `sun` (case-insensitive; full English names are accepted too).
-    pub fn parse(name: &str) -> Option<Weekday> {
-        let lower = name.to_ascii_lowercase();
-        let short = lower.get(..3)?;
-        let full_ok = lower.len() == 3
-            || matches!(
-                lower.as_str(),
-                "monday" | "tuesday" | "wednesday" | "thursday" | "friday" | "saturday" | "sunday"
-            );
-        if !full_ok {
-            return None;
-        }
-        NAMES.iter().find(|(n, _)| *n == short).map(|(_, d)| *d)
-    }
-
-    /// The three-letter name of a weekday.
-    pub fn name(day: Weekday) -> &'static str {
-        NAMES.iter().find(|(_, d)| *d == day).map(|(n, _)| *n).unwrap_or("?")
-    }
-
-    pub fn serialize<S: Serializer>(days: &[Weekday], s: S) -> Result<S::Ok, S::Error> {
-        days.iter().map(|d| name(*d)).collect::<Vec<_>>().serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Weekday>, D::Error> {
-        let names = Vec::<String>::deserialize(d)?;
-        names
-            .iter()
-            .map(|n| parse(n).ok_or_else(|| serde::de::Error::custom(format!("unknown weekday {n:?}"))))
             .collect()
     }
 }
