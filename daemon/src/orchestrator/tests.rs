@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use otpatch_common::api::errors;
 use otpatch_common::policy::{parse_sources, LoadOptions};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use super::commands::Reply;
 use super::*;
 use crate::backend::fake::{FakeHealth, FakeScript, FakeWorld, WorldState};
 use crate::backend::{Clock, TokioClock};
