@@ -22,7 +22,7 @@ impl Orchestrator {
             let b = self.backends.clone();
             match action {
                 Action::Commit { bundle } => {
-                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    let patcher = b.patcher(bundle.kind);
                     if let Err(e) = patcher.commit(&bundle).await {
                         error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
                         self.status.send_modify(|s| s.last_error = format!("commit: {e}"));
@@ -58,7 +58,7 @@ impl Orchestrator {
                     Err(e) => error!(error = %e, "could not lift stale segmentation"),
                 },
                 Action::Apply { window, bundle } => {
-                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    let patcher = b.patcher(bundle.kind);
                     let progress = self.progress_fn();
                     self.inflight = Some(Box::pin(async move {
                         match patcher.apply(&window.id, &bundle, progress).await {
@@ -233,7 +233,7 @@ impl Orchestrator {
             Action::Rollback { bundle, checkpoint } => {
                 let restore = self.committed_before(&bundle);
                 Box::pin(async move {
-                    let patcher = if bundle.kind == PatchKind::Ab { b.ab_updater } else { b.livepatcher };
+                    let patcher = b.patcher(bundle.kind);
                     progress(-1, format!("rolling back {}", bundle.version));
                     let restore_ref = restore.as_ref().ok().and_then(Option::as_ref);
                     if let Err(e) = patcher.revert(&bundle, restore_ref).await {
