@@ -7,6 +7,7 @@
 
 mod actions;
 mod commands;
+mod drive;
 mod startup;
 mod status;
 mod store;
