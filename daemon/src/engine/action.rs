@@ -1,14 +1,38 @@
-//! What to do: the [`Action`]s of entering a state.
+//! What to do on entering a state: its [`Effect`]s, then at most one [`Drive`], as [`Actions`].
 
 use serde::{Deserialize, Serialize};
 
 use super::{BundleRef, CheckpointRef, VerifiedBundle, WindowCtx};
 
-/// What to do. Exactly one action of a state yields the event that moves the engine on ([`Action::drives`]); the
-/// others are effects whose failures are reported but do not change the walk.
+/// What entering a state does: the effects, in order, then at most one driving step, which runs last. The rule is
+/// the type: a state cannot ask for two driving steps, or for an effect after its driving step.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Actions {
+    pub effects: Vec<Effect>,
+    pub drive: Option<Drive>,
+}
+
+impl Actions {
+    /// Nothing to do.
+    pub fn none() -> Self {
+        Actions::default()
+    }
+
+    /// Only the driving step `drive`.
+    pub fn drive(drive: Drive) -> Self {
+        Actions { effects: Vec::new(), drive: Some(drive) }
+    }
+
+    /// `effects`, then the driving step `drive`.
+    pub fn then(effects: Vec<Effect>, drive: Drive) -> Self {
+        Actions { effects, drive: Some(drive) }
+    }
+}
+
+/// A driving step: it yields the event that moves the engine on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "action")]
-pub enum Action {
+pub enum Drive {
     /// Yields PreflightPassed / PreflightFailed. Captures the health baseline.
     Preflight { window: WindowCtx },
     /// Yields SegmentationApplied / SegmentationFailed. Idempotent (re-applies the whole ruleset).
@@ -32,37 +56,46 @@ pub enum Action {
     Rollback { bundle: VerifiedBundle, checkpoint: CheckpointRef },
     /// Yields Lifted / LiftFailed. Idempotent.
     Lift,
-    /// Effect: make the committed change permanent (persist, mark good) and record its version.
+}
+
+/// An effect: its failure is reported but does not change the walk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum Effect {
+    /// Make the committed change permanent (persist, mark good) and record its version.
     Commit { bundle: VerifiedBundle },
-    /// Effect: remove checkpoint images that are no longer needed.
+    /// Remove checkpoint images that are no longer needed.
     DiscardCheckpoint { checkpoint: CheckpointRef },
-    /// Effect: lift any segmentation left from before a restart (when no window is in progress).
+    /// Lift any segmentation left from before a restart (when no window is in progress).
     LiftStale,
 }
 
-impl Action {
-    /// Whether this action yields the event that moves the engine on.
-    pub fn drives(&self) -> bool {
-        !matches!(self, Action::Commit { .. } | Action::DiscardCheckpoint { .. } | Action::LiftStale)
-    }
-
+impl Drive {
     /// Short name, for logs and fault-injection points.
     pub fn name(&self) -> &'static str {
         match self {
-            Action::Preflight { .. } => "preflight",
-            Action::Segment { .. } => "segment",
-            Action::Fetch { .. } => "fetch",
-            Action::Verify { .. } => "verify",
-            Action::Checkpoint { .. } => "checkpoint",
-            Action::Apply { .. } => "apply",
-            Action::Reboot { .. } => "reboot",
-            Action::ConfirmBoot { .. } => "confirm-boot",
-            Action::Observe { .. } => "observe",
-            Action::Rollback { .. } => "rollback",
-            Action::Lift => "lift",
-            Action::Commit { .. } => "commit",
-            Action::DiscardCheckpoint { .. } => "discard-checkpoint",
-            Action::LiftStale => "lift-stale",
+            Drive::Preflight { .. } => "preflight",
+            Drive::Segment { .. } => "segment",
+            Drive::Fetch { .. } => "fetch",
+            Drive::Verify { .. } => "verify",
+            Drive::Checkpoint { .. } => "checkpoint",
+            Drive::Apply { .. } => "apply",
+            Drive::Reboot { .. } => "reboot",
+            Drive::ConfirmBoot { .. } => "confirm-boot",
+            Drive::Observe { .. } => "observe",
+            Drive::Rollback { .. } => "rollback",
+            Drive::Lift => "lift",
+        }
+    }
+}
+
+impl Effect {
+    /// Short name, for logs and fault-injection points.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Effect::Commit { .. } => "commit",
+            Effect::DiscardCheckpoint { .. } => "discard-checkpoint",
+            Effect::LiftStale => "lift-stale",
         }
     }
 }

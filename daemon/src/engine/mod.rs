@@ -1,7 +1,7 @@
 //! The window state machine. Pure: no I/O, no clock.
 //!
 //! [`Engine::step`] takes the current [`State`] and an [`Event`] (the result of an action, a timer the orchestrator
-//! saw fire, or an operator request) and returns the next state with the [`Action`]s to run. The actions of a
+//! saw fire, or an operator request) and returns the next state with the [`Actions`] to run. The actions of a
 //! state are exactly those of *entering* it ([`Engine::entry_actions`]), so the write-ahead journal only needs to
 //! store the state: after a crash, [`Engine::recover`] decides from the stored state alone whether to resume the
 //! pending action or to roll back.
@@ -25,7 +25,7 @@ mod event;
 mod state;
 mod transition;
 
-pub use action::Action;
+pub use action::{Actions, Drive, Effect};
 pub use event::Event;
 pub use state::{BundleRef, CheckpointRef, Outcome, PatchKind, Reason, State, VerifiedBundle, WindowCtx};
 
@@ -58,54 +58,55 @@ impl Engine {
     }
 
     /// One transition. An event that does not fit the state is an [`IllegalEvent`] and changes nothing.
-    pub fn step(&self, state: &State, event: &Event) -> Result<(State, Vec<Action>), IllegalEvent> {
+    pub fn step(&self, state: &State, event: &Event) -> Result<(State, Actions), IllegalEvent> {
         let next = self.transition(state, event)?;
         let actions = if let Event::LiftFailed { .. } = event {
             // Segmentation must never outlive its window: lift again (the orchestrator paces the retries).
-            vec![Action::Lift]
+            Actions::drive(Drive::Lift)
         } else if &next == state {
-            Vec::new()
+            Actions::none()
         } else {
             Self::entry_actions(&next)
         };
         Ok((next, actions))
     }
 
-    /// The actions of entering `state`. Running them again is safe: every driving action is idempotent.
-    pub fn entry_actions(state: &State) -> Vec<Action> {
+    /// The actions of entering `state`. Running them again is safe: every driving step is idempotent.
+    pub fn entry_actions(state: &State) -> Actions {
         match state {
-            State::Idle | State::Scheduled { .. } | State::Closed { .. } => Vec::new(),
-            State::Arming { window } => vec![Action::Preflight { window: window.clone() }],
-            State::Armed { window } => vec![Action::Segment { window: window.clone() }],
-            State::Segmented { window } => vec![Action::Fetch { window: window.clone() }],
-            State::Fetched { bundle, .. } => vec![Action::Verify { bundle: bundle.clone() }],
-            State::Verified { window, .. } => vec![Action::Checkpoint { window: window.clone() }],
+            State::Idle | State::Scheduled { .. } | State::Closed { .. } => Actions::none(),
+            State::Arming { window } => Actions::drive(Drive::Preflight { window: window.clone() }),
+            State::Armed { window } => Actions::drive(Drive::Segment { window: window.clone() }),
+            State::Segmented { window } => Actions::drive(Drive::Fetch { window: window.clone() }),
+            State::Fetched { bundle, .. } => Actions::drive(Drive::Verify { bundle: bundle.clone() }),
+            State::Verified { window, .. } => Actions::drive(Drive::Checkpoint { window: window.clone() }),
             State::Checkpointed { window, bundle, .. } => {
-                vec![Action::Apply { window: window.clone(), bundle: bundle.clone() }]
+                Actions::drive(Drive::Apply { window: window.clone(), bundle: bundle.clone() })
             }
             // Applying waits for `Applied` from the apply already under way.
-            State::Applying { .. } => Vec::new(),
-            State::Rebooting { slot, .. } => vec![Action::Reboot { slot: slot.clone() }],
+            State::Applying { .. } => Actions::none(),
+            State::Rebooting { slot, .. } => Actions::drive(Drive::Reboot { slot: slot.clone() }),
             State::Staged { checkpoint, .. } => {
-                vec![Action::DiscardCheckpoint { checkpoint: checkpoint.clone() }, Action::Lift]
+                Actions::then(vec![Effect::DiscardCheckpoint { checkpoint: checkpoint.clone() }], Drive::Lift)
             }
-            State::Observing { window, .. } => vec![Action::Observe { window: window.clone() }],
-            State::Committed { bundle, checkpoint, .. } => vec![
-                Action::Commit { bundle: bundle.clone() },
-                Action::DiscardCheckpoint { checkpoint: checkpoint.clone() },
-                Action::Lift,
-            ],
-            State::UpToDate { .. } | State::RolledBack { .. } => vec![Action::Lift],
+            State::Observing { window, .. } => Actions::drive(Drive::Observe { window: window.clone() }),
+            State::Committed { bundle, checkpoint, .. } => Actions::then(
+                vec![
+                    Effect::Commit { bundle: bundle.clone() },
+                    Effect::DiscardCheckpoint { checkpoint: checkpoint.clone() },
+                ],
+                Drive::Lift,
+            ),
+            State::UpToDate { .. } | State::RolledBack { .. } => Actions::drive(Drive::Lift),
             State::RollingBack { bundle, checkpoint, .. } => {
-                vec![Action::Rollback { bundle: bundle.clone(), checkpoint: checkpoint.clone() }]
+                Actions::drive(Drive::Rollback { bundle: bundle.clone(), checkpoint: checkpoint.clone() })
             }
             State::Failed { checkpoint, .. } => {
-                let mut a = Vec::new();
+                let mut effects = Vec::new();
                 if let Some(c) = checkpoint {
-                    a.push(Action::DiscardCheckpoint { checkpoint: c.clone() });
+                    effects.push(Effect::DiscardCheckpoint { checkpoint: c.clone() });
                 }
-                a.push(Action::Lift);
-                a
+                Actions::then(effects, Drive::Lift)
             }
         }
     }
@@ -116,9 +117,11 @@ impl Engine {
     /// once it was segmented), and fails (lifting segmentation) if it is over. From `Checkpointed` on, a change may be in place that nobody observed: it is
     /// rolled back. Finishing states re-run their actions (all idempotent); a commit is recorded again, never
     /// re-applied. With no window in progress, stale segmentation is lifted.
-    pub fn recover(&self, state: &State, window_open: bool) -> (State, Vec<Action>) {
+    pub fn recover(&self, state: &State, window_open: bool) -> (State, Actions) {
         match state {
-            State::Idle | State::Scheduled { .. } | State::Closed { .. } => (state.clone(), vec![Action::LiftStale]),
+            State::Idle | State::Scheduled { .. } | State::Closed { .. } => {
+                (state.clone(), Actions { effects: vec![Effect::LiftStale], drive: None })
+            }
             State::Arming { window } => {
                 if window_open {
                     (state.clone(), Self::entry_actions(state))
@@ -142,7 +145,7 @@ impl Engine {
             }
             // The reboot the journal expected (or a restart before it): which slot runs decides.
             State::Rebooting { slot, boot_id, .. } => {
-                (state.clone(), vec![Action::ConfirmBoot { slot: slot.clone(), boot_id: boot_id.clone() }])
+                (state.clone(), Actions::drive(Drive::ConfirmBoot { slot: slot.clone(), boot_id: boot_id.clone() }))
             }
             State::Checkpointed { window, bundle, checkpoint }
             | State::Applying { window, bundle, checkpoint }
@@ -165,7 +168,7 @@ impl Engine {
         }
     }
 
-    fn expired(window: &WindowCtx) -> (State, Vec<Action>) {
+    fn expired(window: &WindowCtx) -> (State, Actions) {
         let next = State::Failed { window: window.clone(), reason: Reason::DeadlineExpired, checkpoint: None };
         let actions = Self::entry_actions(&next);
         (next, actions)

@@ -31,7 +31,7 @@ fn checkpoint(n: u8) -> CheckpointRef {
 }
 
 /// Feeds events in order, returning every (state, actions) after each.
-fn run(engine: &Engine, events: &[Event]) -> Vec<(State, Vec<Action>)> {
+fn run(engine: &Engine, events: &[Event]) -> Vec<(State, Actions)> {
     let mut state = State::Idle;
     let mut out = Vec::new();
     for e in events {
@@ -78,16 +78,15 @@ fn happy_path_walks_every_state_and_lifts() {
             "closed"
         ]
     );
-    assert_eq!(steps[1].1, vec![Action::Preflight { window: window("w1") }]);
-    assert_eq!(steps[4].1, vec![Action::Verify { bundle: bundle_ref(1) }]);
-    assert_eq!(steps[6].1, vec![Action::Apply { window: window("w1"), bundle: verified(1) }]);
+    assert_eq!(steps[1].1, Actions::drive(Drive::Preflight { window: window("w1") }));
+    assert_eq!(steps[4].1, Actions::drive(Drive::Verify { bundle: bundle_ref(1) }));
+    assert_eq!(steps[6].1, Actions::drive(Drive::Apply { window: window("w1"), bundle: verified(1) }));
     assert_eq!(
         steps[9].1,
-        vec![
-            Action::Commit { bundle: verified(1) },
-            Action::DiscardCheckpoint { checkpoint: checkpoint(1) },
-            Action::Lift
-        ]
+        Actions::then(
+            vec![Effect::Commit { bundle: verified(1) }, Effect::DiscardCheckpoint { checkpoint: checkpoint(1) }],
+            Drive::Lift
+        )
     );
     assert_eq!(
         steps[10].0,
@@ -102,8 +101,8 @@ fn verify_failure_applies_nothing_and_lifts() {
     let steps = run(&Engine::default(), &events);
     let (state, actions) = steps.last().unwrap();
     assert_eq!(state.name(), "failed");
-    assert_eq!(actions, &vec![Action::Lift]);
-    assert!(steps.iter().all(|(_, a)| !a.iter().any(|x| matches!(x, Action::Apply { .. }))));
+    assert_eq!(actions, &Actions::drive(Drive::Lift));
+    assert!(steps.iter().all(|(_, a)| !matches!(a.drive, Some(Drive::Apply { .. }))));
 }
 
 #[test]
@@ -113,10 +112,10 @@ fn health_failure_rolls_back_and_restores_the_checkpoint() {
     let steps = run(&Engine::default(), &events);
     let (state, actions) = steps.last().unwrap();
     assert_eq!(state.name(), "rolling-back");
-    assert_eq!(actions, &vec![Action::Rollback { bundle: verified(1), checkpoint: checkpoint(1) }]);
+    assert_eq!(actions, &Actions::drive(Drive::Rollback { bundle: verified(1), checkpoint: checkpoint(1) }));
     let engine = Engine::default();
     let (s, a) = engine.step(state, &Event::RolledBack).unwrap();
-    assert_eq!(a, vec![Action::Lift]);
+    assert_eq!(a, Actions::drive(Drive::Lift));
     let (s, _) = engine.step(&s, &Event::Lifted).unwrap();
     assert_eq!(
         s,
@@ -148,10 +147,10 @@ fn deadline_before_apply_fails_and_after_apply_rolls_back() {
         let (next, actions) = engine.step(state, &Event::Deadline).unwrap();
         if state.change_pending() {
             assert_eq!(next.name(), "rolling-back", "deadline in {}", state.name());
-            assert!(matches!(actions[..], [Action::Rollback { .. }]));
+            assert!(actions.effects.is_empty() && matches!(actions.drive, Some(Drive::Rollback { .. })));
         } else {
             assert_eq!(next.name(), "failed", "deadline in {}", state.name());
-            assert_eq!(actions.last(), Some(&Action::Lift));
+            assert_eq!(actions.drive, Some(Drive::Lift));
         }
     }
 }
@@ -177,7 +176,7 @@ fn failed_lift_is_retried_in_place() {
     let committed = &steps.last().unwrap().0;
     let (s, a) = engine.step(committed, &Event::LiftFailed { error: "nft: busy".into() }).unwrap();
     assert_eq!(&s, committed);
-    assert_eq!(a, vec![Action::Lift]);
+    assert_eq!(a, Actions::drive(Drive::Lift));
 }
 
 #[test]
@@ -188,9 +187,9 @@ fn recovery_resumes_before_apply_and_rolls_back_after() {
         let state = run(&engine, &prefix[..n]).last().unwrap().0.clone();
         let (open, open_actions) = engine.recover(&state, true);
         let (closed, _) = engine.recover(&state, false);
-        assert!(!open_actions.iter().any(|a| matches!(a, Action::Apply { .. })), "recovery never applies");
+        assert!(!matches!(open_actions.drive, Some(Drive::Apply { .. })), "recovery never applies");
         match state.name() {
-            "scheduled" => assert_eq!(open_actions, vec![Action::LiftStale]),
+            "scheduled" => assert_eq!(open_actions, Actions { effects: vec![Effect::LiftStale], drive: None }),
             "arming" => {
                 assert_eq!(open, state);
                 assert_eq!(open_actions, Engine::entry_actions(&state));
@@ -198,14 +197,17 @@ fn recovery_resumes_before_apply_and_rolls_back_after() {
             }
             "armed" | "segmented" | "fetched" | "verified" => {
                 assert_eq!(open.name(), "armed");
-                assert_eq!(open_actions, vec![Action::Segment { window: window("w1") }]);
+                assert_eq!(open_actions, Actions::drive(Drive::Segment { window: window("w1") }));
                 assert_eq!(closed.name(), "failed");
-                assert_eq!(engine.recover(&state, false).1, vec![Action::Lift]);
+                assert_eq!(engine.recover(&state, false).1, Actions::drive(Drive::Lift));
             }
             "checkpointed" | "applying" | "observing" => {
                 assert_eq!(open.name(), "rolling-back");
                 assert_eq!(closed.name(), "rolling-back");
-                assert_eq!(open_actions, vec![Action::Rollback { bundle: verified(1), checkpoint: checkpoint(1) }]);
+                assert_eq!(
+                    open_actions,
+                    Actions::drive(Drive::Rollback { bundle: verified(1), checkpoint: checkpoint(1) })
+                );
             }
             other => panic!("unexpected state {other}"),
         }
@@ -220,8 +222,8 @@ fn recovery_of_a_committed_window_records_the_commit_again_and_lifts() {
     let committed = run(&engine, &events).last().unwrap().0.clone();
     let (s, a) = engine.recover(&committed, false);
     assert_eq!(s, committed);
-    assert_eq!(a.last(), Some(&Action::Lift));
-    assert!(a.iter().all(|x| !matches!(x, Action::Apply { .. })));
+    assert_eq!(a.drive, Some(Drive::Lift));
+    assert!(!matches!(a.drive, Some(Drive::Apply { .. })));
 }
 
 #[test]
@@ -229,12 +231,10 @@ fn every_action_list_has_at_most_one_driver_and_it_is_last() {
     let engine = Engine::default();
     let mut events = happy_prefix();
     events.extend([Event::Healthy, Event::Lifted]);
+    // The rule is the type now: a list is its effects, then at most one driving step, which runs last.
     for (_, actions) in run(&engine, &events) {
-        let drivers = actions.iter().filter(|a| a.drives()).count();
-        assert!(drivers <= 1);
-        if drivers == 1 {
-            assert!(actions.last().unwrap().drives());
-        }
+        let Actions { effects, drive } = actions;
+        let _: (Vec<Effect>, Option<Drive>) = (effects, drive);
     }
 }
 
@@ -247,11 +247,11 @@ fn ab_update_reboots_inside_the_window_and_is_kept_after_observation_on_the_new_
     let steps = run(&engine, &events);
     let (rebooting, actions) = steps.last().unwrap().clone();
     assert_eq!(rebooting.name(), "rebooting");
-    assert_eq!(actions, vec![Action::Reboot { slot: "B".into() }]);
+    assert_eq!(actions, Actions::drive(Drive::Reboot { slot: "B".into() }));
     // The daemon comes back after the reboot: recovery asks which slot booted, and never reboots again by itself.
     let (same, actions) = engine.recover(&rebooting, true);
     assert_eq!(same, rebooting);
-    assert_eq!(actions, vec![Action::ConfirmBoot { slot: "B".into(), boot_id: "boot-1".into() }]);
+    assert_eq!(actions, Actions::drive(Drive::ConfirmBoot { slot: "B".into(), boot_id: "boot-1".into() }));
     let (observing, actions) =
         engine.step(&rebooting, &Event::Booted { slot: "B".into(), boot_id: "boot-2".into() }).unwrap();
     // Health failing on the new slot rolls back (the A/B updater marks it bad and boots the old one).
@@ -259,15 +259,16 @@ fn ab_update_reboots_inside_the_window_and_is_kept_after_observation_on_the_new_
 }
 
 /// `observing` observes, keeps `verified(1)` when healthy and rolls it back when health fails.
-fn observed_then_kept_or_rolled_back(engine: &Engine, observing: &State, actions: Vec<Action>) {
+fn observed_then_kept_or_rolled_back(engine: &Engine, observing: &State, actions: Actions) {
     assert_eq!(observing.name(), "observing");
-    assert!(matches!(actions[..], [Action::Observe { .. }]));
+    assert!(actions.effects.is_empty() && matches!(actions.drive, Some(Drive::Observe { .. })));
     let (committed, actions) = engine.step(observing, &Event::Healthy).unwrap();
     assert_eq!(committed.name(), "committed");
-    assert!(actions.contains(&Action::Commit { bundle: verified(1) }));
+    assert!(actions.effects.contains(&Effect::Commit { bundle: verified(1) }));
     let (rolling, actions) = engine.step(observing, &Event::HealthFailed { reason: "r".into() }).unwrap();
     assert_eq!(rolling.name(), "rolling-back");
-    assert!(matches!(&actions[..], [Action::Rollback { bundle, .. }] if *bundle == verified(1)));
+    assert!(actions.effects.is_empty());
+    assert!(matches!(&actions.drive, Some(Drive::Rollback { bundle, .. }) if *bundle == verified(1)));
 }
 
 #[test]
@@ -297,8 +298,9 @@ fn ab_update_without_reboot_permission_is_staged_and_the_window_ends() {
     let steps = run(&engine, &events);
     let (staged, actions) = steps.last().unwrap().clone();
     assert_eq!(staged.name(), "staged");
-    assert_eq!(actions, vec![Action::DiscardCheckpoint { checkpoint: checkpoint(1) }, Action::Lift]);
-    assert!(!actions.iter().any(|a| matches!(a, Action::Reboot { .. } | Action::Commit { .. })));
+    assert_eq!(actions, Actions::then(vec![Effect::DiscardCheckpoint { checkpoint: checkpoint(1) }], Drive::Lift));
+    assert!(!matches!(actions.drive, Some(Drive::Reboot { .. })));
+    assert!(!actions.effects.iter().any(|a| matches!(a, Effect::Commit { .. })));
     let (closed, _) = engine.step(&staged, &Event::Lifted).unwrap();
     let State::Closed { outcome, .. } = &closed else { panic!("{closed:?}") };
     assert_eq!(outcome.to_string(), "installed 1.1 into slot B, reboot pending");
@@ -437,16 +439,16 @@ fn completion(state: &State) -> Option<Event> {
     })
 }
 
-fn check_actions(state: &State, actions: &[Action], track: &mut Track) -> Result<(), TestCaseError> {
-    prop_assert!(actions.iter().filter(|a| a.drives()).count() <= 1, "more than one driver: {actions:?}");
-    for a in actions {
-        match a {
-            Action::Apply { bundle, .. } => {
+fn check_actions(state: &State, actions: &Actions, track: &mut Track) -> Result<(), TestCaseError> {
+    // At most one driver: the type says it (`Actions::drive`).
+    if let Some(d) = &actions.drive {
+        match d {
+            Drive::Apply { bundle, .. } => {
                 prop_assert_eq!(Some(bundle), track.verified.as_ref(), "applied what this window did not verify");
                 track.change_possible = true;
             }
-            Action::Segment { .. } => track.segment_requested = true,
-            Action::Rollback { checkpoint, .. } => {
+            Drive::Segment { .. } => track.segment_requested = true,
+            Drive::Rollback { checkpoint, .. } => {
                 prop_assert_eq!(
                     Some(checkpoint),
                     track.checkpoint.as_ref(),
@@ -525,8 +527,8 @@ proptest! {
                 },
                 Op::Crash { window_open } => {
                     let (s, a) = engine.recover(&state, *window_open);
-                    prop_assert!(!a.iter().any(|x| matches!(x, Action::Apply { .. })), "recovery applied");
-                    prop_assert!(!a.iter().any(|x| matches!(x, Action::Reboot { .. })), "recovery rebooted");
+                    prop_assert!(!matches!(a.drive, Some(Drive::Apply { .. })), "recovery applied");
+                    prop_assert!(!matches!(a.drive, Some(Drive::Reboot { .. })), "recovery rebooted");
                     (s, a)
                 }
             };
