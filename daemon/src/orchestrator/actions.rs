@@ -12,40 +12,40 @@ impl Orchestrator {
     /// Runs the effects inline, then starts the driving step. Returns an event to feed at once, if any.
     pub(super) async fn run_actions(&mut self, actions: Actions) -> Option<Event> {
         for effect in actions.effects {
-            if let Err(e) = self.failpoints.hit(&format!("action:{}", effect.name())) {
+            if let Err(e) = self.setup.failpoints.hit(&format!("action:{}", effect.name())) {
                 warn!(error = %e, "failpoint");
                 continue;
             }
             self.run_effect(effect).await;
         }
         let drive = actions.drive?;
-        if let Err(e) = self.failpoints.hit(&format!("action:{}", drive.name())) {
+        if let Err(e) = self.setup.failpoints.hit(&format!("action:{}", drive.name())) {
             return Some(injected_failure(&drive, e));
         }
         let applies = matches!(drive, Drive::Apply { .. });
         let fut = self.driver(drive);
-        self.inflight = Some(fut);
+        self.run.inflight = Some(fut);
         // The change may begin to go in from here on: journal Applying before waiting for it.
         applies.then_some(Event::ApplyStarted)
     }
 
     async fn run_effect(&mut self, effect: Effect) {
-        let b = self.backends.clone();
+        let b = self.policy.backends.clone();
         match effect {
             Effect::Commit { bundle } => {
                 let patcher = b.patcher(bundle.kind);
                 if let Err(e) = patcher.commit(&bundle).await {
                     error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
-                    self.status.send_modify(|s| s.last_error = format!("commit: {e}"));
+                    self.out.status.send_modify(|s| s.last_error = format!("commit: {e}"));
                 }
-                let committed = self.store_path.with_file_name("committed.json");
+                let committed = self.setup.store_path.with_file_name("committed.json");
                 if let Err(e) = crate::committed::Committed::record(&committed, &bundle, self.now(), None) {
                     error!(error = %e, "could not record the committed bundle");
-                    self.status.send_modify(|s| s.last_error = format!("recording the commit: {e}"));
+                    self.out.status.send_modify(|s| s.last_error = format!("recording the commit: {e}"));
                 }
                 self.audit_log(
                     "commit",
-                    self.state.window().map(|w| w.id.clone()).as_deref(),
+                    self.run.state.window().map(|w| w.id.clone()).as_deref(),
                     None,
                     serde_json::json!({"version": bundle.version, "kind": bundle.kind.to_string(), "digest": bundle.digest, "signer": bundle.signer}),
                 );
@@ -72,7 +72,7 @@ impl Orchestrator {
     }
 
     fn segmentation_plan(&self, window: &WindowCtx) -> SegmentationPlan {
-        let s = &self.settings;
+        let s = &self.policy.settings;
         SegmentationPlan {
             window_id: window.id.clone(),
             server: s.server.as_ref().map(|p| (p.host.clone(), p.port)),
@@ -93,20 +93,21 @@ impl Orchestrator {
     /// The future of a driving action, yielding the event that moves the engine on: the function of
     /// [`drive`] for it, with its arguments taken from the settings and the state.
     fn driver(&mut self, drive: Drive) -> BoxFuture<'static, Event> {
-        let b = self.backends.clone();
+        let b = self.policy.backends.clone();
         let progress = self.progress_fn();
         match drive {
             Drive::Preflight { .. } => Box::pin(async move { drive::preflight(&b).await }),
             Drive::Segment { window } => {
                 let plan = self.segmentation_plan(&window);
-                let enabled = self.settings.segmentation.enabled;
-                let server = self.settings.server.as_ref().map(|s| (s.host.clone(), s.port, s.addresses.clone()));
-                let state_dir = self.sysroot.state_dir();
+                let enabled = self.policy.settings.segmentation.enabled;
+                let server =
+                    self.policy.settings.server.as_ref().map(|s| (s.host.clone(), s.port, s.addresses.clone()));
+                let state_dir = self.setup.sysroot.state_dir();
                 Box::pin(async move { drive::segment(&b, plan, enabled, server, &state_dir).await })
             }
             Drive::Fetch { window } => {
                 let avoid = crate::rolled_back::RolledBack::load(&self.rolled_back_path());
-                let note = self.skip_note.clone();
+                let note = self.run.skip_note.clone();
                 Box::pin(async move {
                     let (event, skipped) = drive::fetch(&b, &window, avoid, progress).await;
                     if let Some(skipped) = skipped {
@@ -118,16 +119,16 @@ impl Orchestrator {
                 })
             }
             Drive::Verify { bundle } => {
-                let fallback = self.settings.ab.fallback_bundle.clone();
-                let window = self.state.window().cloned();
+                let fallback = self.policy.settings.ab.fallback_bundle.clone();
+                let window = self.run.state.window().cloned();
                 Box::pin(
                     async move { drive::verify(&b, &bundle, window.as_ref(), fallback.as_deref(), progress).await },
                 )
             }
             Drive::Checkpoint { window } => Box::pin(async move { drive::checkpoint(&b, &window).await }),
             Drive::Reboot { slot } => {
-                let limit = self.settings.ab.reboot_timeout;
-                let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+                let limit = self.policy.settings.ab.reboot_timeout;
+                let window = self.run.state.window().map(|w| w.id.clone()).unwrap_or_default();
                 self.audit_log("reboot-requested", Some(&window), None, serde_json::json!({"slot": slot}));
                 Box::pin(async move { drive::reboot(&b, &window, &slot, limit, progress).await })
             }
@@ -135,7 +136,7 @@ impl Orchestrator {
                 Box::pin(async move { drive::confirm_boot(&b, &slot, &boot_id).await })
             }
             Drive::Observe { .. } => {
-                let period = self.settings.rollback.observation;
+                let period = self.policy.settings.rollback.observation;
                 Box::pin(async move { drive::observe(&b, period, progress).await })
             }
             Drive::Rollback { bundle, checkpoint } => {
@@ -144,11 +145,11 @@ impl Orchestrator {
             }
             Drive::Lift => {
                 // Paced retries: 0 s, then 1, 2, 4 ... up to 30 s between attempts.
-                let delay = match self.lift_failures {
+                let delay = match self.run.lift_failures {
                     0 => Duration::ZERO,
                     n => Duration::from_secs(1u64 << (n - 1).min(5)).min(Duration::from_secs(30)),
                 };
-                let slot = self.last_lift.clone();
+                let slot = self.run.last_lift.clone();
                 Box::pin(async move {
                     let (event, report) = drive::lift(&b, delay).await;
                     if let Some(r) = report {

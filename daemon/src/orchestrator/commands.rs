@@ -121,10 +121,10 @@ impl Orchestrator {
                 let _ = reply.send(r);
             }
             Command::Rollback { uid, reply } => {
-                let r = if self.state.change_pending() {
+                let r = if self.run.state.change_pending() {
                     self.audit_log(
                         "operator",
-                        self.state.window().map(|w| w.id.clone()).as_deref(),
+                        self.run.state.window().map(|w| w.id.clone()).as_deref(),
                         Some(uid),
                         serde_json::json!({"action": "rollback"}),
                     );
@@ -133,17 +133,17 @@ impl Orchestrator {
                 } else {
                     Err(ApiError::new(
                         errors::INVALID_STATE,
-                        format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.state.name()),
+                        format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.run.state.name()),
                     ))
                 };
                 let _ = reply.send(r);
             }
             Command::Reload { uid, reply } => {
                 let r = self.reload(uid);
-                if r.is_ok() && self.rebuild.is_some() {
-                    if self.state.in_progress() {
+                if r.is_ok() && self.setup.rebuild.is_some() {
+                    if self.run.state.in_progress() {
                         // The window under way keeps the backends it started with.
-                        self.rebuild_pending = true;
+                        self.run.rebuild_pending = true;
                     } else {
                         self.rebuild_backends().await;
                     }
@@ -154,10 +154,10 @@ impl Orchestrator {
                 let _ = reply.send(Ok(self.livepatches()));
             }
             Command::Health { reply } => {
-                let _ = reply.send(Ok(self.backends.health.probes()));
+                let _ = reply.send(Ok(self.policy.backends.health.probes()));
             }
             Command::Status { reply } => {
-                let _ = reply.send(Ok(self.status.borrow().clone()));
+                let _ = reply.send(Ok(self.out.status.borrow().clone()));
             }
             Command::Retry { version, uid, reply } => {
                 let r = self.retry(&version, uid);
@@ -165,6 +165,7 @@ impl Orchestrator {
             }
             Command::AuditLog { from_seq, max, reply } => {
                 let r = self
+                    .out
                     .audit
                     .read(from_seq, max.min(10_000) as usize)
                     .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")));
@@ -185,22 +186,23 @@ impl Orchestrator {
         let duration = otpatch_common::units::parse_duration(&duration)
             .map_err(|e| ApiError::new(errors::INVALID_ARGS, format!("duration: {e}")))?;
         let req = OneOffRequest { start, duration, timezone: (!tz.is_empty()).then_some(tz), auto_start };
-        let zone = req.timezone.clone().unwrap_or_else(|| self.default_tz.clone());
+        let zone = req.timezone.clone().unwrap_or_else(|| self.setup.default_tz.clone());
         // The id is derived from the start, so parse once to learn it, then build the window with it.
         let probe = OneOffWindow::from_request(
             &req,
-            &self.default_tz,
+            &self.setup.default_tz,
             now,
-            self.settings.limits.max_window,
+            self.policy.settings.limits.max_window,
             String::new(),
             Some(uid),
         )
         .map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
         // Ids of windows that already ran (or were cancelled) are never reused: a reused one would count as done.
-        let done = &self.store.done;
-        let id = self.store.schedule.new_id(probe.start, &zone, &|id| done.contains(id));
+        let done = &self.run.store.done;
+        let id = self.run.store.schedule.new_id(probe.start, &zone, &|id| done.contains(id));
         let w = OneOffWindow { id: id.clone(), ..probe };
-        let occ = self.store.schedule.add(w, now).map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
+        let occ =
+            self.run.store.schedule.add(w, now).map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
         self.save_store();
         info!(window = %id, start = %occ.start, end = %occ.end, uid, "window scheduled");
         self.audit_log(
@@ -214,17 +216,17 @@ impl Orchestrator {
 
     async fn cancel(&mut self, id: &str, uid: u32) -> Result<(), ApiError> {
         let now = self.now();
-        let active = self.state.in_progress() && self.state.window().is_some_and(|w| w.id == id);
+        let active = self.run.state.in_progress() && self.run.state.window().is_some_and(|w| w.id == id);
         if active {
             self.audit_log(
                 "operator",
                 Some(id),
                 Some(uid),
-                serde_json::json!({"action": "cancel", "while": self.state.name()}),
+                serde_json::json!({"action": "cancel", "while": self.run.state.name()}),
             );
-            let before = self.state.clone();
+            let before = self.run.state.clone();
             self.feed(Event::Cancel { uid }).await;
-            if self.state == before {
+            if self.run.state == before {
                 return Err(ApiError::new(
                     errors::INVALID_STATE,
                     format!("window {id} is already finishing ({}); it cannot be cancelled now", before.name()),
@@ -232,7 +234,7 @@ impl Orchestrator {
             }
             return Ok(());
         }
-        self.store.schedule.cancel(id, now).map_err(|e| ApiError::new(errors::NOT_FOUND, e.to_string()))?;
+        self.run.store.schedule.cancel(id, now).map_err(|e| ApiError::new(errors::NOT_FOUND, e.to_string()))?;
         self.save_store();
         self.audit_log("operator", Some(id), Some(uid), serde_json::json!({"action": "cancel"}));
         Ok(())
@@ -240,15 +242,16 @@ impl Orchestrator {
 
     fn list(&self, horizon: Duration) -> Vec<WindowInfo> {
         let now = self.now();
-        let active_id = self.state.window().filter(|_| self.state.in_progress()).map(|w| w.id.clone());
-        self.store
+        let active_id = self.run.state.window().filter(|_| self.run.state.in_progress()).map(|w| w.id.clone());
+        self.run
+            .store
             .schedule
             .upcoming(now, horizon)
             .into_iter()
             .map(|o| {
                 let status = if Some(&o.id) == active_id.as_ref() {
                     "active"
-                } else if self.store.done.contains(&o.id) {
+                } else if self.run.store.done.contains(&o.id) {
                     "done"
                 } else if o.start <= now {
                     "open"
@@ -270,14 +273,14 @@ impl Orchestrator {
 
     async fn apply(&mut self, uid: u32) -> Result<String, ApiError> {
         let now = self.now();
-        if self.state.in_progress() {
-            let w = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+        if self.run.state.in_progress() {
+            let w = self.run.state.window().map(|w| w.id.clone()).unwrap_or_default();
             return Err(ApiError::new(
                 errors::INVALID_STATE,
-                format!("window {w} is already under way ({})", self.state.name()),
+                format!("window {w} is already under way ({})", self.run.state.name()),
             ));
         }
-        let Some(open) = self.store.schedule.current(now) else {
+        let Some(open) = self.run.store.schedule.current(now) else {
             let next = self
                 .next_occurrence(now)
                 .map(|o| format!("; the next window {} opens at {}", o.id, o.start))
@@ -285,10 +288,10 @@ impl Orchestrator {
             return Err(ApiError::new(errors::INVALID_STATE, format!("no window is open now{next}")));
         };
         // Running a window again (e.g. a new bundle appeared after it finished) is allowed while it is open.
-        self.store.done.remove(&open.id);
+        self.run.store.done.remove(&open.id);
         self.audit_log("operator", Some(&open.id), Some(uid), serde_json::json!({"action": "apply"}));
         let window = occurrence_ctx(&open);
-        if !matches!(&self.state, State::Scheduled { window: w } if *w == window) {
+        if !matches!(&self.run.state, State::Scheduled { window: w } if *w == window) {
             self.feed(Event::Schedule { window }).await;
         }
         self.feed(Event::Start).await;
@@ -296,7 +299,7 @@ impl Orchestrator {
     }
 
     fn reload(&mut self, uid: Option<u32>) -> Result<(), ApiError> {
-        let settings = (self.loader)().map_err(|errs| {
+        let settings = (self.setup.loader)().map_err(|errs| {
             warn!(errors = %errs, "new policy rejected; the running one stays");
             self.audit_log("policy-rejected", None, uid, serde_json::json!({"errors": errs.to_string()}));
             ApiError::new(
@@ -307,10 +310,10 @@ impl Orchestrator {
         Schedule::check_recurring(&settings.windows, self.now()).map_err(|e| {
             ApiError::new(errors::POLICY_REJECTED, format!("policy rejected, the running policy stays in force: {e}"))
         })?;
-        self.engine = Engine::new(engine_config(&settings));
-        self.store.schedule.set_recurring(settings.windows.clone());
+        self.policy.engine = Engine::new(engine_config(&settings));
+        self.run.store.schedule.set_recurring(settings.windows.clone());
         let sources: Vec<String> = settings.sources.iter().map(|p| p.display().to_string()).collect();
-        self.settings = settings;
+        self.policy.settings = settings;
         self.set_access_group();
         info!(files = sources.len(), "policy reloaded");
         self.audit_log("policy-reloaded", None, uid, serde_json::json!({"sources": sources}));
@@ -320,7 +323,7 @@ impl Orchestrator {
     /// The kernel's livepatches, each matched with the committed bundle it came from (by the module name of the
     /// bundle's extracted module).
     fn livepatches(&self) -> Vec<LivepatchInfo> {
-        let state = self.sysroot.state_dir();
+        let state = self.setup.sysroot.state_dir();
         let committed = crate::committed::Committed::load(&state.join("committed.json")).unwrap_or_default();
         let modules: Vec<(String, String)> = std::fs::read_dir(state.join("livepatch"))
             .map(|rd| {
@@ -333,7 +336,7 @@ impl Orchestrator {
                     .collect()
             })
             .unwrap_or_default();
-        crate::livepatch::applied(&self.sysroot)
+        crate::livepatch::applied(&self.setup.sysroot)
             .into_iter()
             .map(|p| {
                 let origin = committed.bundles.iter().find(|(_, b)| {

@@ -66,38 +66,63 @@ pub type BackendFactory = Arc<dyn Fn(Settings) -> BoxFuture<'static, anyhow::Res
 /// Reloads the policy from disk.
 pub type PolicyLoader = Arc<dyn Fn() -> Result<Settings, PolicyErrors> + Send + Sync>;
 
-/// The orchestrator and the channels to talk to it.
+/// The orchestrator and the channels to talk to it. Its fields are grouped by how long they hold: what the daemon
+/// was started with, the policy in force (replaced on reload), the run (changed by every event), and where it
+/// reports.
 pub struct Orchestrator {
-    engine: Engine,
-    state: State,
-    journal: Journal,
-    audit: AuditLog,
-    store: WindowStore,
+    setup: Setup,
+    policy: Policy,
+    run: Run,
+    out: Out,
+}
+
+/// Fixed for the daemon's life.
+struct Setup {
+    sysroot: Sysroot,
+    /// `windows.json`; the other records are beside it.
     store_path: PathBuf,
-    settings: Settings,
     loader: PolicyLoader,
-    backends: Backends,
+    /// Rebuilds the backends after a reload; None keeps them (tests).
+    rebuild: Option<BackendFactory>,
+    /// systemd's watchdog: its period and the ping, sent by the loop itself (see [`Orchestrator::with_watchdog`]).
+    watchdog: Option<(Duration, Watchdog)>,
     failpoints: Failpoints,
-    status: Arc<watch::Sender<StatusSnapshot>>,
-    notices: broadcast::Sender<Notice>,
+    default_tz: String,
+}
+
+/// The policy in force and what is built from it; a reload replaces the settings and the engine, and the
+/// backends when no window is under way.
+struct Policy {
+    settings: Settings,
+    engine: Engine,
+    backends: Backends,
+}
+
+/// What the walk changes.
+struct Run {
+    state: State,
+    /// The driving action under way.
     inflight: Option<BoxFuture<'static, Event>>,
     lift_failures: u32,
     /// Whether this daemon applied segmentation that it has not lifted yet.
     segmented: bool,
-    default_tz: String,
-    access_group: Arc<std::sync::RwLock<String>>,
+    /// A reload came while a window was under way: rebuild when it ends.
+    rebuild_pending: bool,
+    store: WindowStore,
     /// What the last lift found, for the audit log.
     last_lift: Arc<std::sync::Mutex<Option<LiftReport>>>,
     /// Why the fetch of the window under way installs nothing though the server has a newer bundle (a version
     /// rolled back here): added to the window's `up-to-date` outcome.
     skip_note: Arc<std::sync::Mutex<Option<String>>>,
-    /// Rebuilds the backends after a reload; None keeps them (tests).
-    rebuild: Option<BackendFactory>,
-    /// A reload came while a window was under way: rebuild when it ends.
-    rebuild_pending: bool,
-    sysroot: Sysroot,
-    /// systemd's watchdog: its period and the ping, sent by the loop itself (see [`Self::with_watchdog`]).
-    watchdog: Option<(Duration, Watchdog)>,
+}
+
+/// Where the orchestrator reports: the write-ahead journal, the audit log, and what the D-Bus service reads.
+struct Out {
+    journal: Journal,
+    audit: AuditLog,
+    status: Arc<watch::Sender<StatusSnapshot>>,
+    notices: broadcast::Sender<Notice>,
+    access_group: Arc<std::sync::RwLock<String>>,
 }
 
 /// How often the status snapshot's segmentation view (drop counters) is refreshed while segmented.
@@ -108,7 +133,7 @@ pub type Watchdog = Arc<dyn Fn() + Send + Sync>;
 
 impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Orchestrator").field("state", &self.state.name()).finish_non_exhaustive()
+        f.debug_struct("Orchestrator").field("state", &self.run.state.name()).finish_non_exhaustive()
     }
 }
 
@@ -142,12 +167,12 @@ fn source_text(s: &WindowSource) -> String {
 
 impl Orchestrator {
     fn now(&self) -> Timestamp {
-        self.backends.clock.now()
+        self.policy.backends.clock.now()
     }
 
     /// Backends are rebuilt from the new policy on reload (immediately, or when the window under way ends).
     pub fn with_rebuild(mut self, factory: BackendFactory) -> Self {
-        self.rebuild = Some(factory);
+        self.setup.rebuild = Some(factory);
         self
     }
 
@@ -155,33 +180,33 @@ impl Orchestrator {
     /// wedged loop (a handler that never returns) gets the daemon restarted by systemd. Every wait of the loop
     /// is bounded, and blocking work runs off it, so a healthy loop always comes round in time.
     pub fn with_watchdog(mut self, period: Duration, ping: Watchdog) -> Self {
-        self.watchdog = Some((period, ping));
+        self.setup.watchdog = Some((period, ping));
         self
     }
 
     async fn rebuild_backends(&mut self) {
-        let Some(factory) = self.rebuild.clone() else { return };
-        self.rebuild_pending = false;
-        match factory(self.settings.clone()).await {
+        let Some(factory) = self.setup.rebuild.clone() else { return };
+        self.run.rebuild_pending = false;
+        match factory(self.policy.settings.clone()).await {
             Ok(b) => {
-                self.backends = b;
+                self.policy.backends = b;
                 info!("backends rebuilt from the reloaded policy");
             }
             Err(e) => {
                 error!(error = %e, "could not rebuild the backends from the reloaded policy; keeping the old ones");
-                self.status.send_modify(|s| s.last_error = format!("reload: backends not rebuilt: {e}"));
+                self.out.status.send_modify(|s| s.last_error = format!("reload: backends not rebuilt: {e}"));
             }
         }
     }
 
     pub fn state(&self) -> &State {
-        &self.state
+        &self.run.state
     }
 
     /// Runs until `shutdown` resolves; then lifts segmentation (the unit's stop path) and returns.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut dog = self.watchdog.clone().map(|(period, ping)| {
+        let mut dog = self.setup.watchdog.clone().map(|(period, ping)| {
             let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (tick, ping)
@@ -190,13 +215,13 @@ impl Orchestrator {
         view_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Each turn handles one thing; every wait is bounded by a timer, a command or an action finishing.
         loop {
-            if self.rebuild_pending && !self.state.in_progress() {
+            if self.run.rebuild_pending && !self.run.state.in_progress() {
                 self.rebuild_backends().await;
             }
             self.sync_schedule().await;
             self.publish();
             let timer = self.next_timer();
-            let clock = self.backends.clock.clone();
+            let clock = self.policy.backends.clock.clone();
             let sleep = async {
                 match timer {
                     Some((at, _)) => clock.sleep_until(at).await,
@@ -204,7 +229,7 @@ impl Orchestrator {
                 }
             };
             let inflight = async {
-                match self.inflight.as_mut() {
+                match self.run.inflight.as_mut() {
                     Some(f) => f.await,
                     None => std::future::pending().await,
                 }
@@ -225,9 +250,9 @@ impl Orchestrator {
                         ping();
                     }
                 }
-                _ = view_tick.tick(), if self.segmented => self.refresh_segmentation_view().await,
+                _ = view_tick.tick(), if self.run.segmented => self.refresh_segmentation_view().await,
                 ev = inflight => {
-                    self.inflight = None;
+                    self.run.inflight = None;
                     self.feed(ev).await;
                 }
                 _ = sleep => {
@@ -245,12 +270,12 @@ impl Orchestrator {
     }
 
     async fn shutdown(&mut self) {
-        self.inflight = None;
-        let health = self.backends.health.clone();
+        self.run.inflight = None;
+        let health = self.policy.backends.health.clone();
         health.stop_watch().await;
-        self.segmented = false;
+        self.run.segmented = false;
         // Segmentation never outlives the daemon: on restart, recovery segments again if the window is open.
-        match self.backends.firewall.lift().await {
+        match self.policy.backends.firewall.lift().await {
             Ok(r) if r.was_active => {
                 info!(dropped = r.dropped_packets, "segmentation lifted on shutdown");
                 self.audit_log(

@@ -8,7 +8,7 @@ use otpatch_common::api::StatusSnapshot;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{engine_config, Command, Handle, Orchestrator, PolicyLoader, WindowStore};
+use super::{engine_config, Command, Handle, Orchestrator, Out, Policy, PolicyLoader, Run, Setup, WindowStore};
 use crate::audit::AuditLog;
 use crate::backend::Backends;
 use crate::engine::{Engine, Event, PatchKind, State, WindowCtx};
@@ -59,31 +59,35 @@ impl Orchestrator {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let default_tz = jiff::tz::TimeZone::system().iana_name().unwrap_or("UTC").to_string();
         let mut me = Orchestrator {
-            engine: Engine::new(engine_config(&settings)),
-            state: loaded.state.clone(),
-            journal,
-            audit,
-            store,
-            store_path,
-            settings,
-            loader,
-            backends,
-            failpoints,
-            status: Arc::new(status_tx),
-            notices: notices.clone(),
-            inflight: None,
-            lift_failures: 0,
-            segmented: false,
-            default_tz,
-            access_group: Arc::new(std::sync::RwLock::new(String::new())),
-            last_lift: Arc::new(std::sync::Mutex::new(None)),
-            skip_note: Arc::new(std::sync::Mutex::new(None)),
-            rebuild: None,
-            rebuild_pending: false,
-            sysroot: sysroot.clone(),
-            watchdog: None,
+            setup: Setup {
+                sysroot: sysroot.clone(),
+                store_path,
+                loader,
+                rebuild: None,
+                watchdog: None,
+                failpoints,
+                default_tz,
+            },
+            policy: Policy { engine: Engine::new(engine_config(&settings)), settings, backends },
+            run: Run {
+                state: loaded.state.clone(),
+                inflight: None,
+                lift_failures: 0,
+                segmented: false,
+                rebuild_pending: false,
+                store,
+                last_lift: Arc::new(std::sync::Mutex::new(None)),
+                skip_note: Arc::new(std::sync::Mutex::new(None)),
+            },
+            out: Out {
+                journal,
+                audit,
+                status: Arc::new(status_tx),
+                notices: notices.clone(),
+                access_group: Arc::new(std::sync::RwLock::new(String::new())),
+            },
         };
-        me.store.schedule.set_recurring(me.settings.windows.clone());
+        me.run.store.schedule.set_recurring(me.policy.settings.windows.clone());
         me.set_access_group();
         me.refresh_rolled_back();
         problems.extend(loaded.problems);
@@ -100,15 +104,15 @@ impl Orchestrator {
         me.recover().await;
         me.reapply_committed().await;
         me.confirm_staged().await;
-        let handle = Handle { commands: cmd_tx, access_group: me.access_group.clone(), status: status_rx, notices };
+        let handle = Handle { commands: cmd_tx, access_group: me.out.access_group.clone(), status: status_rx, notices };
         Ok((me, handle, cmd_rx))
     }
 
     pub(super) async fn recover(&mut self) {
         let now = self.now();
-        let open = self.state.window().is_some_and(|w| w.start <= now && now < w.end);
-        let before = self.state.clone();
-        let (next, actions) = self.engine.recover(&before, open);
+        let open = self.run.state.window().is_some_and(|w| w.start <= now && now < w.end);
+        let before = self.run.state.clone();
+        let (next, actions) = self.policy.engine.recover(&before, open);
         let mut journaled = Ok(());
         if next != before {
             info!(from = before.name(), to = next.name(), window_open = open, "recovering interrupted window");
@@ -119,13 +123,13 @@ impl Orchestrator {
                 "recovery",
                 before.window().map(|w| w.id.clone()).as_deref(),
                 None,
-                serde_json::json!({"journal_state": before.name(), "resumed_as": self.state.name(), "window_open": open}),
+                serde_json::json!({"journal_state": before.name(), "resumed_as": self.run.state.name(), "window_open": open}),
             );
         }
         if let Err(error) = journaled {
             // As in feed: no action of a state that is not on disk.
             let stop = Event::JournalFailed { error };
-            if matches!(self.engine.step(&self.state, &stop), Ok((s, _)) if s != self.state) {
+            if matches!(self.policy.engine.step(&self.run.state, &stop), Ok((s, _)) if s != self.run.state) {
                 self.feed(stop).await;
                 self.publish();
                 return;
@@ -141,20 +145,20 @@ impl Orchestrator {
     /// the gateway now runs is observed before it is kept — the same observation, commit and rollback as inside a
     /// window, in a span of its own (`<window>-confirm`, twice the observation period plus ten minutes).
     pub(super) async fn confirm_staged(&mut self) {
-        if self.state.in_progress() {
+        if self.run.state.in_progress() {
             return;
         }
-        let bundle = match self.backends.ab_updater.unconfirmed().await {
+        let bundle = match self.policy.backends.ab_updater.unconfirmed().await {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
                 error!(error = %e, "cannot tell whether a staged A/B update is running");
-                self.status.send_modify(|s| s.last_error = format!("staged A/B update: {e}"));
+                self.out.status.send_modify(|s| s.last_error = format!("staged A/B update: {e}"));
                 return;
             }
         };
         let now = self.now();
-        let span = self.settings.rollback.observation * 2 + Duration::from_secs(600);
+        let span = self.policy.settings.rollback.observation * 2 + Duration::from_secs(600);
         let end = now + jiff::SignedDuration::try_from(span).unwrap_or(jiff::SignedDuration::from_hours(1));
         let id = format!("ab-{}-confirm", bundle.version);
         let window = WindowCtx { id: id.clone(), start: now, end, auto_start: true };
@@ -165,7 +169,7 @@ impl Orchestrator {
             None,
             serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
         );
-        if let Err(e) = self.backends.health.baseline().await {
+        if let Err(e) = self.policy.backends.health.baseline().await {
             // Without a baseline the observation still checks the probes' limits; say what is missing.
             warn!(error = %e, "no health baseline for the staged update's observation");
         }
@@ -177,12 +181,12 @@ impl Orchestrator {
     /// does not have it (after a reboot), from its bundle, verified again. A committed change is never applied a
     /// second time while it is in place.
     pub(super) async fn reapply_committed(&mut self) {
-        let path = self.store_path.with_file_name("committed.json");
+        let path = self.setup.store_path.with_file_name("committed.json");
         let committed = match crate::committed::Committed::load(&path) {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "cannot read what was committed; nothing re-applied");
-                self.status.send_modify(|s| s.last_error = e.clone());
+                self.out.status.send_modify(|s| s.last_error = e.clone());
                 return;
             }
         };
@@ -191,7 +195,7 @@ impl Orchestrator {
                 continue;
             }
             let bundle = c.to_verified(&compatible);
-            let patcher = self.backends.livepatcher.clone();
+            let patcher = self.policy.backends.livepatcher.clone();
             let result = match patcher.is_applied(&bundle).await {
                 Ok(true) => continue,
                 Ok(false) => patcher.apply("boot", &bundle, self.progress_fn()).await.map(|_| ()),
@@ -216,7 +220,7 @@ impl Orchestrator {
                         serde_json::json!({"version": c.version, "error": e.to_string()}),
                     );
                     let why = format!("{} ({compatible}): {e}", c.version);
-                    self.status.send_modify(|s| {
+                    self.out.status.send_modify(|s| {
                         s.last_error = format!("re-applying {}: {e}", c.version);
                         s.committed_not_in_place.push(why);
                     });

@@ -13,14 +13,14 @@ impl Orchestrator {
     pub(super) fn publish(&self) {
         let now = self.now();
         let next = self.next_occurrence(now);
-        let st = &self.state;
+        let st = &self.run.state;
         let (active, active_end) = match st.window() {
             Some(w) if st.in_progress() => (w.id.clone(), w.end.as_second()),
             _ => (String::new(), 0),
         };
-        let sources: Vec<String> = self.settings.sources.iter().map(|p| p.display().to_string()).collect();
-        let gateway = self.settings.gateway.id.clone();
-        self.status.send_if_modified(|s| {
+        let sources: Vec<String> = self.policy.settings.sources.iter().map(|p| p.display().to_string()).collect();
+        let gateway = self.policy.settings.gateway.id.clone();
+        self.out.status.send_if_modified(|s| {
             let mut n = s.clone();
             n.version = env!("CARGO_PKG_VERSION").into();
             n.gateway_id = gateway;
@@ -30,7 +30,7 @@ impl Orchestrator {
             n.next_window = next.as_ref().map(|o| o.id.clone()).unwrap_or_default();
             n.next_window_start = next.as_ref().map(|o| o.start.as_second()).unwrap_or(0);
             n.policy_sources = sources;
-            n.segmentation_active = self.segmented;
+            n.segmentation_active = self.run.segmented;
             if n != *s {
                 *s = n;
                 true
@@ -42,13 +42,13 @@ impl Orchestrator {
 
     pub(super) fn audit_log(&mut self, kind: &str, window: Option<&str>, uid: Option<u32>, detail: serde_json::Value) {
         let now = self.now();
-        if let Err(e) = self.audit.append(now, kind, window, uid, detail) {
+        if let Err(e) = self.out.audit.append(now, kind, window, uid, detail) {
             error!(error = %e, kind, "audit log write failed");
         }
     }
 
     pub(super) fn progress_fn(&self) -> ProgressFn {
-        let status = self.status.clone();
+        let status = self.out.status.clone();
         Arc::new(move |percent, message| {
             status.send_modify(|s| {
                 s.progress_percent = percent;
@@ -59,7 +59,7 @@ impl Orchestrator {
 
     /// Records what an event says that the state does not keep (errors, verdicts).
     pub(super) fn note_event(&mut self, ev: &Event) {
-        let window = self.state.window().map(|w| w.id.clone()).unwrap_or_default();
+        let window = self.run.state.window().map(|w| w.id.clone()).unwrap_or_default();
         let error = match ev {
             Event::PreflightFailed { error }
             | Event::SegmentationFailed { error }
@@ -72,14 +72,14 @@ impl Orchestrator {
             _ => None,
         };
         if let Some(e) = error {
-            self.status.send_modify(|s| s.last_error = format!("{}: {e}", ev.name()));
+            self.out.status.send_modify(|s| s.last_error = format!("{}: {e}", ev.name()));
         }
         match ev {
-            Event::SegmentationApplied => self.segmented = self.settings.segmentation.enabled,
+            Event::SegmentationApplied => self.run.segmented = self.policy.settings.segmentation.enabled,
             Event::Lifted => {
-                self.segmented = false;
-                self.lift_failures = 0;
-                let report = self.last_lift.lock().ok().and_then(|mut r| r.take());
+                self.run.segmented = false;
+                self.run.lift_failures = 0;
+                let report = self.run.last_lift.lock().ok().and_then(|mut r| r.take());
                 if let Some(r) = report {
                     if r.was_active {
                         info!(window = %window, dropped = r.dropped_packets, "segmentation lifted");
@@ -89,11 +89,11 @@ impl Orchestrator {
                             None,
                             serde_json::json!({"dropped_packets": r.dropped_packets}),
                         );
-                        self.status.send_modify(|s| s.segmentation_dropped = r.dropped_packets);
+                        self.out.status.send_modify(|s| s.segmentation_dropped = r.dropped_packets);
                     }
                 }
             }
-            Event::LiftFailed { .. } => self.lift_failures = self.lift_failures.saturating_add(1),
+            Event::LiftFailed { .. } => self.run.lift_failures = self.run.lift_failures.saturating_add(1),
             _ => {}
         }
         let verdict = match ev {
@@ -104,7 +104,7 @@ impl Orchestrator {
         };
         if let Some((verdict, reason)) = verdict {
             info!(window = %window, verdict, reason = %reason, "health verdict");
-            let probes = self.backends.health.probes();
+            let probes = self.policy.backends.health.probes();
             self.audit_log(
                 "verdict",
                 Some(&window),
@@ -112,20 +112,20 @@ impl Orchestrator {
                 serde_json::json!({"verdict": verdict, "reason": reason, "probes": probes}),
             );
             let table = serde_json::to_string(&probes).unwrap_or_default();
-            let _ = self.notices.send(Notice::Probes { window: window.clone(), probes: table });
-            let _ = self.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
+            let _ = self.out.notices.send(Notice::Probes { window: window.clone(), probes: table });
+            let _ = self.out.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
         }
     }
 
     /// Puts what the firewall has in place (backend, ruleset, drops) into the status snapshot: when segmentation
     /// goes up and every few seconds while it is, so status readers never make the loop ask the firewall.
     pub(super) async fn refresh_segmentation_view(&mut self) {
-        if !self.segmented {
-            self.status.send_if_modified(|s| !std::mem::take(&mut s.segmentation_ruleset).is_empty());
+        if !self.run.segmented {
+            self.out.status.send_if_modified(|s| !std::mem::take(&mut s.segmentation_ruleset).is_empty());
             return;
         }
-        let view = self.backends.firewall.inspect().await;
-        self.status.send_modify(|s| match view {
+        let view = self.policy.backends.firewall.inspect().await;
+        self.out.status.send_modify(|s| match view {
             Ok(Some(v)) => {
                 s.segmentation_backend = v.backend;
                 s.segmentation_dropped = v.dropped_packets;
@@ -137,8 +137,8 @@ impl Orchestrator {
     }
 
     pub(super) fn set_access_group(&self) {
-        if let Ok(mut g) = self.access_group.write() {
-            *g = self.settings.access.group.clone();
+        if let Ok(mut g) = self.out.access_group.write() {
+            *g = self.policy.settings.access.group.clone();
         }
     }
 }

@@ -24,16 +24,16 @@ pub(super) struct WindowStore {
 impl Orchestrator {
     pub(super) fn save_store(&mut self) {
         let now = self.now();
-        self.store.schedule.prune(now);
-        let text = serde_json::to_vec_pretty(&self.store).expect("window store serializes");
-        if let Err(e) = write_atomic(&self.store_path, &text) {
-            error!(error = %e, path = %self.store_path.display(), "could not save windows");
-            self.status.send_modify(|s| s.last_error = format!("saving windows: {e}"));
+        self.run.store.schedule.prune(now);
+        let text = serde_json::to_vec_pretty(&self.run.store).expect("window store serializes");
+        if let Err(e) = write_atomic(&self.setup.store_path, &text) {
+            error!(error = %e, path = %self.setup.store_path.display(), "could not save windows");
+            self.out.status.send_modify(|s| s.last_error = format!("saving windows: {e}"));
         }
     }
 
     pub(super) fn rolled_back_path(&self) -> PathBuf {
-        self.store_path.with_file_name("rolled-back.json")
+        self.setup.store_path.with_file_name("rolled-back.json")
     }
 
     /// Remembers that a window rolled `bundle` back, so the next one does not install it again on its own.
@@ -47,7 +47,9 @@ impl Orchestrator {
         };
         if let Err(e) = crate::rolled_back::RolledBack::record(&self.rolled_back_path(), rec) {
             error!(error = %e, version = %bundle.version, "could not record the rolled-back version");
-            self.status.send_modify(|s| s.last_error = format!("recording the rollback of {}: {e}", bundle.version));
+            self.out
+                .status
+                .send_modify(|s| s.last_error = format!("recording the rollback of {}: {e}", bundle.version));
         }
         self.refresh_rolled_back();
     }
@@ -55,8 +57,8 @@ impl Orchestrator {
     /// Shows the rolled-back versions in the status (an unreadable record as the last error).
     pub(super) fn refresh_rolled_back(&self) {
         match crate::rolled_back::RolledBack::load(&self.rolled_back_path()) {
-            Ok(r) => self.status.send_modify(|s| s.rolled_back = r.versions),
-            Err(e) => self.status.send_modify(|s| s.last_error = e),
+            Ok(r) => self.out.status.send_modify(|s| s.rolled_back = r.versions),
+            Err(e) => self.out.status.send_modify(|s| s.last_error = e),
         }
     }
 
@@ -69,7 +71,7 @@ impl Orchestrator {
         if bundle.kind != PatchKind::Livepatch {
             return Ok(None);
         }
-        let path = self.store_path.with_file_name("committed.json");
+        let path = self.setup.store_path.with_file_name("committed.json");
         let committed = crate::committed::Committed::load(&path)
             .map_err(|e| format!("cannot tell which livepatch was committed before, to put it back: {e}"))?;
         Ok(committed
@@ -82,14 +84,15 @@ impl Orchestrator {
     /// At the end of a window: `downloads/`, `bundles/` and `livepatch/` keep only what is committed. Nothing is
     /// deleted when `committed.json` cannot be read.
     pub(super) fn prune_state(&mut self, window: &str) {
-        let committed = match crate::committed::Committed::load(&self.store_path.with_file_name("committed.json")) {
+        let committed = match crate::committed::Committed::load(&self.setup.store_path.with_file_name("committed.json"))
+        {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "not pruning the state directory: what is committed is unknown");
                 return;
             }
         };
-        let (removed, problems) = crate::prune::prune(&self.sysroot.state_dir(), &committed);
+        let (removed, problems) = crate::prune::prune(&self.setup.sysroot.state_dir(), &committed);
         for p in &problems {
             warn!(problem = %p, "could not prune");
         }
