@@ -103,52 +103,26 @@ pub struct LivepatchInfo {
 }
 
 impl Orchestrator {
+    /// Answers one command: each has its method; the reply is sent whatever it returns.
     pub(super) async fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Schedule { start, duration, timezone, auto_start, uid, reply } => {
-                let r = self.schedule(start, duration, timezone, auto_start, uid);
-                let _ = reply.send(r);
+                let _ = reply.send(self.schedule(start, duration, timezone, auto_start, uid));
             }
             Command::Cancel { id, uid, reply } => {
-                let r = self.cancel(&id, uid).await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.cancel(&id, uid).await);
             }
             Command::List { horizon, reply } => {
                 let _ = reply.send(Ok(self.list(horizon)));
             }
             Command::Apply { uid, reply } => {
-                let r = self.apply(uid).await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.apply(uid).await);
             }
             Command::Rollback { uid, reply } => {
-                let r = if self.run.state.change_pending() {
-                    self.audit_log(
-                        "operator",
-                        self.run.state.window().map(|w| w.id.clone()).as_deref(),
-                        Some(uid),
-                        serde_json::json!({"action": "rollback"}),
-                    );
-                    self.feed(Event::RollbackRequested { uid }).await;
-                    Ok(())
-                } else {
-                    Err(ApiError::new(
-                        errors::INVALID_STATE,
-                        format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.run.state.name()),
-                    ))
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.rollback(uid).await);
             }
             Command::Reload { uid, reply } => {
-                let r = self.reload(uid);
-                if r.is_ok() && self.setup.rebuild.is_some() {
-                    if self.run.state.in_progress() {
-                        // The window under way keeps the backends it started with.
-                        self.run.rebuild_pending = true;
-                    } else {
-                        self.rebuild_backends().await;
-                    }
-                }
-                let _ = reply.send(r);
+                let _ = reply.send(self.reload_and_rebuild(uid).await);
             }
             Command::Livepatches { reply } => {
                 let _ = reply.send(Ok(self.livepatches()));
@@ -160,18 +134,53 @@ impl Orchestrator {
                 let _ = reply.send(Ok(self.out.status.borrow().clone()));
             }
             Command::Retry { version, uid, reply } => {
-                let r = self.retry(&version, uid);
-                let _ = reply.send(r);
+                let _ = reply.send(self.retry(&version, uid));
             }
             Command::AuditLog { from_seq, max, reply } => {
-                let r = self
-                    .out
-                    .audit
-                    .read(from_seq, max.min(10_000) as usize)
-                    .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")));
-                let _ = reply.send(r);
+                let _ = reply.send(self.audit_records(from_seq, max));
             }
         }
+    }
+
+    /// `otpatchctl rollback`: while a change is being applied or observed.
+    async fn rollback(&mut self, uid: u32) -> Result<(), ApiError> {
+        if self.run.state.change_pending() {
+            self.audit_log(
+                "operator",
+                self.run.state.window().map(|w| w.id.clone()).as_deref(),
+                Some(uid),
+                serde_json::json!({"action": "rollback"}),
+            );
+            self.feed(Event::RollbackRequested { uid }).await;
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                errors::INVALID_STATE,
+                format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.run.state.name()),
+            ))
+        }
+    }
+
+    /// `otpatchctl reload` and SIGHUP: the policy now, the backends now or when the window under way ends.
+    async fn reload_and_rebuild(&mut self, uid: Option<u32>) -> Result<(), ApiError> {
+        let r = self.reload(uid);
+        if r.is_ok() && self.setup.rebuild.is_some() {
+            if self.run.state.in_progress() {
+                // The window under way keeps the backends it started with.
+                self.run.rebuild_pending = true;
+            } else {
+                self.rebuild_backends().await;
+            }
+        }
+        r
+    }
+
+    /// `otpatchctl log`: up to `max` (at most 10,000) audit records from `from_seq` on.
+    fn audit_records(&self, from_seq: u64, max: u32) -> Result<Vec<String>, ApiError> {
+        self.out
+            .audit
+            .read(from_seq, max.min(10_000) as usize)
+            .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")))
     }
 
     fn schedule(
