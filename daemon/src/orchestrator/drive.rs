@@ -201,3 +201,93 @@ pub async fn lift(b: &Backends, delay: Duration) -> (Event, Option<LiftReport>) 
         Err(e) => (Event::LiftFailed { error: e.to_string() }, None),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::backend::fake::{FakeScript, FakeWorld};
+    use crate::backend::SystemClock;
+
+    fn world() -> (FakeWorld, Backends) {
+        let world = FakeWorld::in_memory(FakeScript::default());
+        let b = world.backends(Arc::new(SystemClock));
+        (world, b)
+    }
+
+    fn quiet() -> ProgressFn {
+        Arc::new(|_, _| {})
+    }
+
+    fn window() -> WindowCtx {
+        let start: jiff::Timestamp = "2026-12-01T00:10:00Z".parse().unwrap();
+        WindowCtx { id: "w1".into(), start, end: start + jiff::SignedDuration::from_hours(1), auto_start: true }
+    }
+
+    fn bundle(kind: PatchKind) -> VerifiedBundle {
+        VerifiedBundle {
+            path: "/var/lib/otpatch/bundles/b.otb".into(),
+            kind,
+            compatible: "otpatch-demo".into(),
+            version: "1.0.1".into(),
+            digest: "d".into(),
+            signer: "CN=s".into(),
+            verified_at: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_goes_to_the_bundles_patcher_and_an_install_names_its_slot_and_boot() {
+        let (world, b) = world();
+        assert_eq!(apply(&b, &window(), &bundle(PatchKind::Livepatch), quiet()).await, Event::Applied);
+        assert_eq!(
+            apply(&b, &window(), &bundle(PatchKind::Ab), quiet()).await,
+            Event::Installed { slot: "B".into(), boot_id: "boot-1".into() }
+        );
+        assert_eq!(world.snapshot().calls, vec!["livepatch.apply 1.0.1", "ab.apply 1.0.1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollback_that_cannot_tell_what_was_committed_before_reverts_and_fails() {
+        let (world, b) = world();
+        let checkpoint = CheckpointRef { id: "ckpt-w1".into(), processes: vec![] };
+        let unknown = Err("committed.json: unreadable".to_string());
+        let ev = rollback(&b, &bundle(PatchKind::Livepatch), &checkpoint, unknown, quiet()).await;
+        assert_eq!(ev, Event::RollbackFailed { error: "revert 1.0.1: committed.json: unreadable".into() });
+        assert_eq!(world.snapshot().calls, vec!["livepatch.revert 1.0.1"]);
+        let ev = rollback(&b, &bundle(PatchKind::Livepatch), &checkpoint, Ok(None), quiet()).await;
+        assert_eq!(ev, Event::RolledBack);
+        assert_eq!(world.snapshot().restored, vec!["ckpt-w1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn segment_then_lift_hands_back_what_the_lift_found() {
+        let (world, b) = world();
+        let dir = tempfile::tempdir().unwrap();
+        let plan = SegmentationPlan {
+            window_id: "w1".into(),
+            server: None,
+            server_addrs: vec![],
+            flows: vec![],
+            probe_targets: vec![],
+            log_drops: false,
+        };
+        assert_eq!(segment(&b, plan.clone(), false, None, dir.path()).await, Event::SegmentationApplied);
+        assert!(world.snapshot().calls.is_empty(), "segmentation disabled: nothing applied");
+        assert_eq!(segment(&b, plan, true, None, dir.path()).await, Event::SegmentationApplied);
+        let (ev, report) = lift(&b, Duration::ZERO).await;
+        assert_eq!(ev, Event::Lifted);
+        assert_eq!(report, Some(LiftReport { was_active: true, dropped_packets: 42 }));
+        assert!(!world.snapshot().segmentation_active);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_rolled_back_record_fails_the_fetch_before_the_server_is_asked() {
+        let (world, b) = world();
+        let (ev, note) = fetch(&b, &window(), Err("rolled-back.json: unreadable".into()), quiet()).await;
+        assert_eq!(ev, Event::FetchFailed { error: "rolled-back.json: unreadable".into() });
+        assert_eq!(note, None);
+        assert!(world.snapshot().calls.is_empty());
+    }
+}
