@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use otpatch_common::api::{errors, StatusSnapshot, WindowInfo};
-use otpatch_common::schedule::{OneOffRequest, OneOffWindow, Schedule};
+use otpatch_common::schedule::{OneOffRequest, OneOffWindow, Schedule, WindowSource};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{engine_config, occurrence_ctx, source_text, Orchestrator};
+use super::{engine_config, occurrence_ctx, Orchestrator};
 use crate::engine::{Engine, Event, State};
 
 /// An error for a D-Bus caller: a stable error name from [`errors`] and a message.
@@ -392,5 +392,12 @@ impl Orchestrator {
         }
         self.refresh_rolled_back();
         Ok(())
+    }
+}
+
+fn source_text(s: &WindowSource) -> String {
+    match s {
+        WindowSource::OneOff => "one-off".into(),
+        WindowSource::Recurring(name) => format!("recurring:{name}"),
     }
 }

@@ -4,6 +4,16 @@
 //! One task owns all mutable state; the D-Bus service talks to it through [`Command`]s and reads a
 //! [`StatusSnapshot`] from a watch channel. At most one driving action is in flight; a deadline, a cancel or an
 //! operator rollback preempts it (the future is dropped and the engine decides what comes next).
+//!
+//! The rooms, each calling only the ones after it (and this file's basics), never back:
+//! - this file: the struct, its field groups, the event loop and shutdown;
+//! - `startup`: opening the state, recovery, committed livepatches put back, a staged A/B slot confirmed;
+//! - `commands`: one method per D-Bus command behind a thin dispatch;
+//! - `walk`: events fed to the engine, transitions journaled first, timers and the schedule;
+//! - `actions`: the effects of a state run inline, its driving step started;
+//! - `drive`: one free function per driving step, over the backends and plain arguments;
+//! - `store`: the records beside the journal (windows, rolled-back versions, what was committed, pruning);
+//! - `status`: the status snapshot, progress, errors, the audit log and notices.
 
 mod actions;
 mod commands;
@@ -21,7 +31,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use otpatch_common::api::StatusSnapshot;
 use otpatch_common::policy::{DegradedAction, PolicyErrors, RebootPolicy, Settings};
-use otpatch_common::schedule::{Occurrence, WindowSource};
+use otpatch_common::schedule::Occurrence;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info};
 
@@ -158,16 +168,15 @@ fn occurrence_ctx(o: &Occurrence) -> WindowCtx {
     WindowCtx { id: o.id.clone(), start: o.start, end: o.end, auto_start: o.auto_start }
 }
 
-fn source_text(s: &WindowSource) -> String {
-    match s {
-        WindowSource::OneOff => "one-off".into(),
-        WindowSource::Recurring(name) => format!("recurring:{name}"),
-    }
-}
-
 impl Orchestrator {
     fn now(&self) -> Timestamp {
         self.policy.backends.clock.now()
+    }
+
+    /// The next window whose work is not done, within the horizon the status and the schedule look at.
+    fn next_occurrence(&self, now: Timestamp) -> Option<Occurrence> {
+        let horizon = Duration::from_secs(8 * 86_400) + self.policy.settings.limits.max_window;
+        self.run.store.schedule.upcoming(now, horizon).into_iter().find(|o| !self.run.store.done.contains(&o.id))
     }
 
     /// Backends are rebuilt from the new policy on reload (immediately, or when the window under way ends).

@@ -1,14 +1,11 @@
 //! The walk through a window: events fed to the engine, transitions journaled before their actions run, the
 //! timers (window opening, hard end) and the schedule the engine waits on.
 
-use std::time::Duration;
-
 use jiff::Timestamp;
 use tracing::{error, info, warn};
 
 use super::{occurrence_ctx, Notice, Orchestrator};
 use crate::engine::{Event, Outcome, State};
-use otpatch_common::schedule::Occurrence;
 
 impl Orchestrator {
     /// The next timer: the window opening (auto-start) or its hard end.
@@ -42,11 +39,6 @@ impl Orchestrator {
             None => return,
         };
         self.feed(ev).await;
-    }
-
-    pub(super) fn next_occurrence(&self, now: Timestamp) -> Option<Occurrence> {
-        let horizon = Duration::from_secs(8 * 86_400) + self.policy.settings.limits.max_window;
-        self.run.store.schedule.upcoming(now, horizon).into_iter().find(|o| !self.run.store.done.contains(&o.id))
     }
 
     /// Feeds an event and everything that follows from it synchronously (e.g. `ApplyStarted`).
