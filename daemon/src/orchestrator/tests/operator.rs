@@ -1,4 +1,4 @@
-//! Operator commands, schedules that outlive a restart, reloads, and the loop's watchdog.
+//! Operator commands, schedules that outlive a restart, and reloads.
 
 use super::*;
 
@@ -140,32 +140,4 @@ impl WithObservation for Settings {
         self.rollback.observation = d;
         self
     }
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_watchdog_is_pinged_by_the_loop_and_only_while_it_turns() {
-    let dir = tempfile::tempdir().unwrap();
-    let world = FakeWorld::in_memory(FakeScript::default());
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
-    let loader: PolicyLoader = Arc::new(|| Ok(settings("")));
-    let root = Sysroot::new(dir.path());
-    let (orch, _handle, commands) =
-        Orchestrator::start(&root, settings(""), loader, world.backends(clock), Failpoints::default()).await.unwrap();
-    let pings = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let p = pings.clone();
-    let orch = orch.with_watchdog(
-        Duration::from_secs(2),
-        Arc::new(move || {
-            p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }),
-    );
-    let run = orch.run(commands, std::future::pending());
-    tokio::pin!(run);
-    // The loop turns for 10 s: about one ping a second.
-    let _ = tokio::time::timeout(Duration::from_secs(10), &mut run).await;
-    let turning = pings.load(std::sync::atomic::Ordering::SeqCst);
-    assert!((8..=12).contains(&turning), "{turning} pings in 10 s with a 2 s watchdog");
-    // The loop is wedged (nobody polls it) for 10 s: no ping at all, so systemd would restart the daemon.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(pings.load(std::sync::atomic::Ordering::SeqCst), turning);
 }
