@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use otpatch_common::api::StatusSnapshot;
+use otpatch_common::policy::Settings;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -15,7 +16,6 @@ use crate::engine::{Engine, Event, PatchKind, State, WindowCtx};
 use crate::failpoints::Failpoints;
 use crate::journal::Journal;
 use crate::sysroot::Sysroot;
-use otpatch_common::policy::Settings;
 
 impl Orchestrator {
     /// Opens the journal, audit log and window store under the sysroot's state directory and recovers: an

@@ -1,6 +1,7 @@
 //! The records kept beside the journal: `windows.json`, `rolled-back.json`, what `committed.json` says a
 //! rollback puts back, and pruning the state directory to what is committed.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use jiff::Timestamp;
@@ -11,7 +12,6 @@ use tracing::{error, info, warn};
 use super::Orchestrator;
 use crate::engine::PatchKind;
 use crate::fsutil::write_atomic;
-use std::collections::BTreeSet;
 
 /// Windows the operator scheduled and windows already done, persisted in `windows.json`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
