@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use otpatch_common::policy::Flow;
 
-use crate::engine::{BundleRef, CheckpointRef, VerifiedBundle, WindowCtx};
+use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowCtx};
 
 #[cfg(any(test, feature = "fake-backends"))]
 pub mod fake;
@@ -299,6 +299,19 @@ pub struct Backends {
     pub rebooter: Arc<dyn Rebooter>,
     pub health: Arc<dyn HealthMonitor>,
     pub clock: Arc<dyn Clock>,
+}
+
+impl Backends {
+    /// The patcher that applies, commits and reverts a bundle of `kind`.
+    pub fn patcher(&self, kind: PatchKind) -> Arc<dyn Patcher> {
+        match kind {
+            PatchKind::Livepatch => self.livepatcher.clone(),
+            PatchKind::Ab => self.ab_updater.clone(),
+            // No backend applies app bundles yet: the verifier refuses them before a checkpoint or an apply, so
+            // none reaches a patcher. Were one to, it would go where it always went: to the livepatcher.
+            PatchKind::App => self.livepatcher.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for Backends {
