@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use super::{engine_config, Command, Handle, Orchestrator, Out, Policy, PolicyLoader, Run, Setup, WindowStore};
 use crate::audit::AuditLog;
 use crate::backend::Backends;
-use crate::engine::{Engine, Event, PatchKind, State, WindowCtx};
+use crate::engine::{Engine, Event, State, WindowCtx};
 use crate::failpoints::Failpoints;
 use crate::journal::Journal;
 use crate::sysroot::Sysroot;
@@ -190,19 +190,12 @@ impl Orchestrator {
                 return;
             }
         };
-        for (compatible, c) in committed.bundles {
-            if c.kind != PatchKind::Livepatch {
-                continue;
-            }
-            let bundle = c.to_verified(&compatible);
-            let patcher = self.policy.backends.livepatcher.clone();
-            let result = match patcher.is_applied(&bundle).await {
-                Ok(true) => continue,
-                Ok(false) => patcher.apply("boot", &bundle, self.progress_fn()).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(()) => {
+        let patcher = self.policy.backends.livepatcher.clone();
+        for r in crate::committed::reapply_livepatches(&committed, patcher.as_ref(), self.progress_fn()).await {
+            let (compatible, c) = (r.compatible, r.bundle);
+            match r.result {
+                Ok(false) => {}
+                Ok(true) => {
                     info!(version = %c.version, "committed livepatch re-applied at start");
                     self.audit_log(
                         "boot-reapply",
