@@ -13,22 +13,80 @@ pub const OBJECT_PATH: &str = "/io/otpatch/Daemon1";
 /// Interface name.
 pub const INTERFACE: &str = "io.otpatch.Daemon1";
 
-/// D-Bus error names the daemon replies with. Clients match on these, so they are stable.
-pub mod errors {
+/// Every error the daemon answers a D-Bus call with: its name on the bus (stable: clients match on it), what it
+/// means, and the exit code `otpatchctl` ends with for it. Defined once here; [`errors`] are its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonError {
     /// The caller is neither root nor in the policy's access group (or the bus policy refused it).
-    pub const ACCESS_DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
+    AccessDenied,
     /// An argument could not be read (bad time, duration, id...).
-    pub const INVALID_ARGS: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+    InvalidArgs,
     /// A window was refused (overlap, in the past, too long...).
-    pub const WINDOW_REFUSED: &str = "io.otpatch.Error.WindowRefused";
-    /// No such window.
-    pub const NOT_FOUND: &str = "io.otpatch.Error.NotFound";
+    WindowRefused,
+    /// No such window (or, for `Retry`, no such rolled-back version).
+    NotFound,
     /// The request does not fit the daemon's current state (e.g. `Apply` with no open window).
-    pub const INVALID_STATE: &str = "io.otpatch.Error.InvalidState";
+    InvalidState,
     /// A new policy was rejected; the running one stays in force.
-    pub const POLICY_REJECTED: &str = "io.otpatch.Error.PolicyRejected";
+    PolicyRejected,
     /// Anything else that went wrong inside the daemon.
-    pub const FAILED: &str = "io.otpatch.Error.Failed";
+    Failed,
+}
+
+impl DaemonError {
+    pub const ALL: [DaemonError; 7] = [
+        DaemonError::AccessDenied,
+        DaemonError::InvalidArgs,
+        DaemonError::WindowRefused,
+        DaemonError::NotFound,
+        DaemonError::InvalidState,
+        DaemonError::PolicyRejected,
+        DaemonError::Failed,
+    ];
+
+    /// The error name on the bus.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DaemonError::AccessDenied => "org.freedesktop.DBus.Error.AccessDenied",
+            DaemonError::InvalidArgs => "org.freedesktop.DBus.Error.InvalidArgs",
+            DaemonError::WindowRefused => "io.otpatch.Error.WindowRefused",
+            DaemonError::NotFound => "io.otpatch.Error.NotFound",
+            DaemonError::InvalidState => "io.otpatch.Error.InvalidState",
+            DaemonError::PolicyRejected => "io.otpatch.Error.PolicyRejected",
+            DaemonError::Failed => "io.otpatch.Error.Failed",
+        }
+    }
+
+    /// The error of this name, if the daemon has one.
+    pub fn from_name(name: &str) -> Option<DaemonError> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// What `otpatchctl` exits with when the daemon answers with this error.
+    pub const fn exit_code(self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
+        match self {
+            DaemonError::AccessDenied => ExitCode::Denied,
+            DaemonError::InvalidArgs
+            | DaemonError::WindowRefused
+            | DaemonError::InvalidState
+            | DaemonError::PolicyRejected => ExitCode::Refused,
+            DaemonError::NotFound => ExitCode::NotFound,
+            DaemonError::Failed => ExitCode::Failure,
+        }
+    }
+}
+
+/// D-Bus error names the daemon replies with ([`DaemonError::name`]).
+pub mod errors {
+    use super::DaemonError;
+    pub const ACCESS_DENIED: &str = DaemonError::AccessDenied.name();
+    pub const INVALID_ARGS: &str = DaemonError::InvalidArgs.name();
+    pub const WINDOW_REFUSED: &str = DaemonError::WindowRefused.name();
+    pub const NOT_FOUND: &str = DaemonError::NotFound.name();
+    pub const INVALID_STATE: &str = DaemonError::InvalidState.name();
+    pub const POLICY_REJECTED: &str = DaemonError::PolicyRejected.name();
+    pub const FAILED: &str = DaemonError::Failed.name();
 }
 
 /// One window as `ListWindows` returns it: `(id, source, timezone, start, end, auto_start, status)`.
@@ -200,4 +258,20 @@ pub struct ProbeReport {
     pub tripped: bool,
     /// Response time of the last answered read, in microseconds; 0 before the first.
     pub last_response_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DaemonError;
+
+    #[test]
+    fn every_daemon_error_is_named_once_and_in_the_readme_with_its_exit_code() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for e in DaemonError::ALL {
+            assert_eq!(DaemonError::from_name(e.name()), Some(e));
+            let row = format!("| `{}` | {} |", e.name(), e.exit_code().code());
+            assert!(readme.contains(&row), "README.md's error table lacks {row}");
+        }
+        assert_eq!(DaemonError::from_name("io.otpatch.Error.Nonsense"), None);
+    }
 }

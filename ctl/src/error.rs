@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use otpatch_common::api::{errors, BUS_NAME};
+use otpatch_common::api::{DaemonError, BUS_NAME};
 use otpatch_common::units::format_duration;
 use zbus::DBusError;
 
@@ -18,10 +18,8 @@ pub mod exit {
     pub const FAILURE: u8 = ExitCode::Failure.code();
     pub const UNREACHABLE: u8 = ExitCode::Unreachable.code();
     pub const DENIED: u8 = ExitCode::Denied.code();
-    pub const REFUSED: u8 = ExitCode::Refused.code();
     pub const POLICY_INVALID: u8 = ExitCode::PolicyInvalid.code();
     pub const CHAIN_BROKEN: u8 = ExitCode::ChainBroken.code();
-    pub const NOT_FOUND: u8 = ExitCode::NotFound.code();
     pub const ROLLED_BACK: u8 = ExitCode::RolledBack.code();
     pub const WINDOW_FAILED: u8 = ExitCode::WindowFailed.code();
     pub const WAIT_TIMEOUT: u8 = ExitCode::WaitTimeout.code();
@@ -81,14 +79,13 @@ impl std::error::Error for CtlError {}
 
 /// The exit code for a D-Bus error name.
 pub fn code_for_error_name(name: &str) -> u8 {
+    if let Some(e) = DaemonError::from_name(name) {
+        return e.exit_code().code();
+    }
     match name {
-        errors::ACCESS_DENIED
-        | "org.freedesktop.DBus.Error.AuthFailed"
-        | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => exit::DENIED,
-        errors::INVALID_ARGS | errors::WINDOW_REFUSED | errors::INVALID_STATE | errors::POLICY_REJECTED => {
-            exit::REFUSED
+        "org.freedesktop.DBus.Error.AuthFailed" | "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired" => {
+            exit::DENIED
         }
-        errors::NOT_FOUND => exit::NOT_FOUND,
         SERVICE_UNKNOWN
         | NAME_HAS_NO_OWNER
         | "org.freedesktop.DBus.Error.NoReply"
@@ -166,6 +163,7 @@ pub fn from_zbus(e: zbus::Error, timeout: Duration) -> CtlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use otpatch_common::api::errors;
 
     #[test]
     fn error_names_map_to_stable_codes() {

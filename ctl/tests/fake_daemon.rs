@@ -491,3 +491,63 @@ fn watch_gives_up_after_max_wait() {
     let v: serde_json::Value = serde_json::from_str(&last).expect("JSON");
     assert_eq!(v["error"]["name"], "otpatchctl.WaitTimeout");
 }
+
+/// The members of the `io.otpatch.Daemon1` interface in introspection XML, each as its normalized element
+/// (`<method name="X">` .. `</method>`, `<signal ...>` .. `</signal>`, `<property .../>`), comments left out.
+fn members(xml: &str) -> Vec<(String, String)> {
+    let start = xml.find(r#"<interface name="io.otpatch.Daemon1">"#).expect("interface element present");
+    let end = start + xml[start..].find("</interface>").expect("interface closed");
+    let mut lines = Vec::new();
+    let mut in_comment = false;
+    for l in xml[start..end].lines().skip(1) {
+        let l = l.trim();
+        if in_comment || l.starts_with("<!--") {
+            in_comment = !l.ends_with("-->");
+            continue;
+        }
+        if !l.is_empty() {
+            lines.push(l.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let head = &lines[i];
+        let name = head.split('"').nth(1).unwrap_or_default().to_string();
+        let kind = head.trim_start_matches('<').split(' ').next().unwrap_or_default().to_string();
+        let mut block = vec![head.clone()];
+        if !head.ends_with("/>") {
+            while i + 1 < lines.len() && block.last() != Some(&format!("</{kind}>")) {
+                i += 1;
+                block.push(lines[i].clone());
+            }
+        }
+        out.push((format!("{kind} {name}"), block.join("\n")));
+        i += 1;
+    }
+    out
+}
+
+/// The stand-in serves part of the interface: each member it has must be the committed one exactly (names,
+/// argument names and types), so these tests cannot pass against a contract the real daemon does not have.
+#[test]
+fn the_stand_in_is_the_committed_interface_or_a_part_of_it() {
+    let Some(bus) = bus() else { return };
+    serve(&bus, Fake::default());
+    let out = Command::new("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args(["--print-reply=literal", &format!("--dest={BUS_NAME}"), OBJECT_PATH])
+        .arg("org.freedesktop.DBus.Introspectable.Introspect")
+        .output()
+        .expect("dbus-send runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let fake = members(&text(&out.stdout));
+    let xml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../daemon/dist/io.otpatch.Daemon1.xml"))
+        .expect("the committed interface");
+    let real = members(&xml);
+    assert!(fake.len() >= 10, "the stand-in's members: {fake:?}");
+    for (what, block) in &fake {
+        let committed = real.iter().find(|(w, _)| w == what).map(|(_, b)| b);
+        assert_eq!(committed, Some(block), "the stand-in's {what} is not the committed one");
+    }
+}

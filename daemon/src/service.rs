@@ -8,7 +8,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use otpatch_common::api::{errors, WindowInfo, OBJECT_PATH};
+use otpatch_common::api::{DaemonError, WindowInfo, OBJECT_PATH};
 use tokio::sync::{broadcast, oneshot};
 use tracing::{info, warn};
 use zbus::message::Header;
@@ -37,7 +37,7 @@ impl std::error::Error for ApiError {}
 
 impl From<zbus::Error> for ApiError {
     fn from(e: zbus::Error) -> Self {
-        ApiError::new(errors::FAILED, e.to_string())
+        ApiError::new(DaemonError::Failed, e.to_string())
     }
 }
 
@@ -69,7 +69,7 @@ impl Access {
             }
         }
         Err(ApiError::new(
-            errors::ACCESS_DENIED,
+            DaemonError::AccessDenied,
             format!("uid {uid} may not call {method}: the caller must be root or a member of group {group:?}"),
         ))
     }
@@ -113,15 +113,15 @@ impl DaemonIface {
     }
 
     async fn authorize(&self, conn: &Connection, hdr: &Header<'_>, method: &str) -> Result<u32, ApiError> {
-        let sender = hdr.sender().ok_or_else(|| ApiError::new(errors::ACCESS_DENIED, "caller has no bus name"))?;
+        let sender = hdr.sender().ok_or_else(|| ApiError::new(DaemonError::AccessDenied, "caller has no bus name"))?;
         let dbus = zbus::fdo::DBusProxy::new(conn).await?;
         let creds = dbus
             .get_connection_credentials(sender.clone().into())
             .await
-            .map_err(|e| ApiError::new(errors::ACCESS_DENIED, format!("cannot learn who is calling: {e}")))?;
+            .map_err(|e| ApiError::new(DaemonError::AccessDenied, format!("cannot learn who is calling: {e}")))?;
         let uid = creds
             .unix_user_id()
-            .ok_or_else(|| ApiError::new(errors::ACCESS_DENIED, "the bus did not say which uid is calling"))?;
+            .ok_or_else(|| ApiError::new(DaemonError::AccessDenied, "the bus did not say which uid is calling"))?;
         let gids = creds.unix_group_ids().cloned().unwrap_or_default();
         match self.access.check(uid, &gids, method) {
             Ok(()) => Ok(uid),
@@ -138,8 +138,8 @@ impl DaemonIface {
             .commands
             .send(make(reply))
             .await
-            .map_err(|_| ApiError::new(errors::FAILED, "the daemon is shutting down"))?;
-        rx.await.map_err(|_| ApiError::new(errors::FAILED, "the daemon is shutting down"))?
+            .map_err(|_| ApiError::new(DaemonError::Failed, "the daemon is shutting down"))?;
+        rx.await.map_err(|_| ApiError::new(DaemonError::Failed, "the daemon is shutting down"))?
     }
 }
 
@@ -173,7 +173,10 @@ impl DaemonIface {
     /// Windows from now to `horizon_days` ahead.
     async fn list_windows(&self, horizon_days: u32) -> Result<Vec<WindowInfo>, ApiError> {
         if horizon_days == 0 || horizon_days > 366 {
-            return Err(ApiError::new(errors::INVALID_ARGS, format!("horizon_days {horizon_days}: expected 1 to 366")));
+            return Err(ApiError::new(
+                DaemonError::InvalidArgs,
+                format!("horizon_days {horizon_days}: expected 1 to 366"),
+            ));
         }
         let horizon = Duration::from_secs(u64::from(horizon_days) * 86_400);
         self.ask(|reply| Command::List { horizon, reply }).await
@@ -218,7 +221,7 @@ impl DaemonIface {
     ) -> Result<(), ApiError> {
         let uid = self.authorize(conn, &hdr, "Retry").await?;
         if version.trim().is_empty() {
-            return Err(ApiError::new(errors::INVALID_ARGS, "version is empty"));
+            return Err(ApiError::new(DaemonError::InvalidArgs, "version is empty"));
         }
         self.ask(|reply| Command::Retry { version, uid, reply }).await
     }
@@ -228,33 +231,33 @@ impl DaemonIface {
         // From the snapshot the loop keeps (segmentation view included): any number of readers of any uid never
         // wait for, or make work for, the window's loop.
         let snap = self.handle.status.borrow().clone();
-        serde_json::to_string(&snap).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
+        serde_json::to_string(&snap).map_err(|e| ApiError::new(DaemonError::Failed, e.to_string()))
     }
 
     /// Livepatches as the kernel shows them, with the committed bundle each came from, as JSON.
     async fn list_livepatches(&self) -> Result<String, ApiError> {
         let list = self.ask(|reply| Command::Livepatches { reply }).await?;
-        serde_json::to_string(&list).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
+        serde_json::to_string(&list).map_err(|e| ApiError::new(DaemonError::Failed, e.to_string()))
     }
 
     /// The live health-probe table as JSON (name, target, last value and error, failures, tripped...).
     async fn get_health(&self) -> Result<String, ApiError> {
         let table = self.ask(|reply| Command::Health { reply }).await?;
-        serde_json::to_string(&table).map_err(|e| ApiError::new(errors::FAILED, e.to_string()))
+        serde_json::to_string(&table).map_err(|e| ApiError::new(DaemonError::Failed, e.to_string()))
     }
 
     /// Audit records (JSON lines) from `from_seq`, at most `max`.
     async fn get_audit_log(&self, from_seq: u64, max: u32) -> Result<Vec<String>, ApiError> {
         if max == 0 {
-            return Err(ApiError::new(errors::INVALID_ARGS, "max must be at least 1"));
+            return Err(ApiError::new(DaemonError::InvalidArgs, "max must be at least 1"));
         }
         // Read off the loop (and off the runtime), at most MAX_AUDIT_PAGE records a call.
         let path = self.access.sysroot.state_dir().join("audit.log");
         let max = (max as usize).min(MAX_AUDIT_PAGE);
         tokio::task::spawn_blocking(move || crate::audit::read_file(&path, from_seq, max))
             .await
-            .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")))?
-            .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")))
+            .map_err(|e| ApiError::new(DaemonError::Failed, format!("reading the audit log: {e}")))?
+            .map_err(|e| ApiError::new(DaemonError::Failed, format!("reading the audit log: {e}")))
     }
 
     /// Engine state, e.g. `observing`.
@@ -403,7 +406,7 @@ mod tests {
         assert!(a.check(1001, &[], "Apply").is_ok(), "primary group");
         assert!(a.check(1002, &[977], "Apply").is_ok(), "supplementary gid from the bus");
         let e = a.check(1002, &[50], "Apply").unwrap_err();
-        assert_eq!(e.name, errors::ACCESS_DENIED);
+        assert_eq!(e.name, DaemonError::AccessDenied.name());
         assert!(e.message.contains("uid 1002") && e.message.contains("otpatch"), "{e}");
         let e = a.check(65534, &[], "Reload").unwrap_err();
         assert!(e.message.contains("Reload"));

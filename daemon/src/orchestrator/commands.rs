@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use otpatch_common::api::{errors, StatusSnapshot, WindowInfo};
+use otpatch_common::api::{DaemonError, StatusSnapshot, WindowInfo};
 use otpatch_common::schedule::{OneOffRequest, OneOffWindow, Schedule, WindowSource};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -14,13 +14,15 @@ use crate::engine::{Engine, Event, State};
 /// An error for a D-Bus caller: a stable error name from [`errors`] and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
+    pub kind: DaemonError,
+    /// `kind`'s name on the bus.
     pub name: &'static str,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(name: &'static str, message: impl Into<String>) -> Self {
-        ApiError { name, message: message.into() }
+    pub fn new(kind: DaemonError, message: impl Into<String>) -> Self {
+        ApiError { kind, name: kind.name(), message: message.into() }
     }
 }
 
@@ -155,7 +157,7 @@ impl Orchestrator {
             Ok(())
         } else {
             Err(ApiError::new(
-                errors::INVALID_STATE,
+                DaemonError::InvalidState,
                 format!("nothing to roll back: the engine is {} (rollback is possible while a change is being applied or observed)", self.run.state.name()),
             ))
         }
@@ -180,7 +182,7 @@ impl Orchestrator {
         self.out
             .audit
             .read(from_seq, max.min(10_000) as usize)
-            .map_err(|e| ApiError::new(errors::FAILED, format!("reading the audit log: {e}")))
+            .map_err(|e| ApiError::new(DaemonError::Failed, format!("reading the audit log: {e}")))
     }
 
     fn schedule(
@@ -193,7 +195,7 @@ impl Orchestrator {
     ) -> Result<String, ApiError> {
         let now = self.now();
         let duration = otpatch_common::units::parse_duration(&duration)
-            .map_err(|e| ApiError::new(errors::INVALID_ARGS, format!("duration: {e}")))?;
+            .map_err(|e| ApiError::new(DaemonError::InvalidArgs, format!("duration: {e}")))?;
         let req = OneOffRequest { start, duration, timezone: (!tz.is_empty()).then_some(tz), auto_start };
         let zone = req.timezone.clone().unwrap_or_else(|| self.setup.default_tz.clone());
         // The id is derived from the start, so parse once to learn it, then build the window with it.
@@ -205,13 +207,17 @@ impl Orchestrator {
             String::new(),
             Some(uid),
         )
-        .map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
+        .map_err(|e| ApiError::new(DaemonError::WindowRefused, e.to_string()))?;
         // Ids of windows that already ran (or were cancelled) are never reused: a reused one would count as done.
         let done = &self.run.store.done;
         let id = self.run.store.schedule.new_id(probe.start, &zone, &|id| done.contains(id));
         let w = OneOffWindow { id: id.clone(), ..probe };
-        let occ =
-            self.run.store.schedule.add(w, now).map_err(|e| ApiError::new(errors::WINDOW_REFUSED, e.to_string()))?;
+        let occ = self
+            .run
+            .store
+            .schedule
+            .add(w, now)
+            .map_err(|e| ApiError::new(DaemonError::WindowRefused, e.to_string()))?;
         self.save_store();
         info!(window = %id, start = %occ.start, end = %occ.end, uid, "window scheduled");
         self.audit_log(
@@ -237,13 +243,13 @@ impl Orchestrator {
             self.feed(Event::Cancel { uid }).await;
             if self.run.state == before {
                 return Err(ApiError::new(
-                    errors::INVALID_STATE,
+                    DaemonError::InvalidState,
                     format!("window {id} is already finishing ({}); it cannot be cancelled now", before.name()),
                 ));
             }
             return Ok(());
         }
-        self.run.store.schedule.cancel(id, now).map_err(|e| ApiError::new(errors::NOT_FOUND, e.to_string()))?;
+        self.run.store.schedule.cancel(id, now).map_err(|e| ApiError::new(DaemonError::NotFound, e.to_string()))?;
         self.save_store();
         self.audit_log("operator", Some(id), Some(uid), serde_json::json!({"action": "cancel"}));
         Ok(())
@@ -285,7 +291,7 @@ impl Orchestrator {
         if self.run.state.in_progress() {
             let w = self.run.state.window().map(|w| w.id.clone()).unwrap_or_default();
             return Err(ApiError::new(
-                errors::INVALID_STATE,
+                DaemonError::InvalidState,
                 format!("window {w} is already under way ({})", self.run.state.name()),
             ));
         }
@@ -294,7 +300,7 @@ impl Orchestrator {
                 .next_occurrence(now)
                 .map(|o| format!("; the next window {} opens at {}", o.id, o.start))
                 .unwrap_or_default();
-            return Err(ApiError::new(errors::INVALID_STATE, format!("no window is open now{next}")));
+            return Err(ApiError::new(DaemonError::InvalidState, format!("no window is open now{next}")));
         };
         // Running a window again (e.g. a new bundle appeared after it finished) is allowed while it is open.
         self.run.store.done.remove(&open.id);
@@ -312,12 +318,15 @@ impl Orchestrator {
             warn!(errors = %errs, "new policy rejected; the running one stays");
             self.audit_log("policy-rejected", None, uid, serde_json::json!({"errors": errs.to_string()}));
             ApiError::new(
-                errors::POLICY_REJECTED,
+                DaemonError::PolicyRejected,
                 format!("policy rejected, the running policy stays in force:\n{errs}"),
             )
         })?;
         Schedule::check_recurring(&settings.windows, self.now()).map_err(|e| {
-            ApiError::new(errors::POLICY_REJECTED, format!("policy rejected, the running policy stays in force: {e}"))
+            ApiError::new(
+                DaemonError::PolicyRejected,
+                format!("policy rejected, the running policy stays in force: {e}"),
+            )
         })?;
         self.policy.engine = Engine::new(engine_config(&settings));
         self.run.store.schedule.set_recurring(settings.windows.clone());
@@ -367,8 +376,8 @@ impl Orchestrator {
     /// `otpatchctl retry VERSION`: the next window may install `version` again.
     fn retry(&mut self, version: &str, uid: u32) -> Result<(), ApiError> {
         let path = self.rolled_back_path();
-        let gone =
-            crate::rolled_back::RolledBack::forget(&path, version).map_err(|e| ApiError::new(errors::FAILED, e))?;
+        let gone = crate::rolled_back::RolledBack::forget(&path, version)
+            .map_err(|e| ApiError::new(DaemonError::Failed, e))?;
         if gone.is_empty() {
             let known = crate::rolled_back::RolledBack::load(&path).map(|r| r.versions).unwrap_or_default();
             let list = if known.is_empty() {
@@ -377,7 +386,7 @@ impl Orchestrator {
                 known.iter().map(|r| r.version.as_str()).collect::<Vec<_>>().join(", ") + " are"
             };
             return Err(ApiError::new(
-                errors::NOT_FOUND,
+                DaemonError::NotFound,
                 format!("{version} was not rolled back on this gateway (recorded as rolled back: {list})"),
             ));
         }
