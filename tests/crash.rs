@@ -7,6 +7,7 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use otpatch_common::api::OutcomeKind;
 use otpatch_tests::*;
 
 fn crash_at(state: &str, script: &str) -> (Gateway, serde_json::Value) {
@@ -45,7 +46,7 @@ fn resumes_and_commits(state: &str) {
 fn rolls_back(state: &str, script: &str) {
     let (gw, status) = crash_at(state, script);
     let outcome = status["last_outcome"].as_str().unwrap();
-    assert!(outcome.starts_with("rolled-back"), "after a crash at {state}: {outcome}");
+    assert_eq!(OutcomeKind::of(outcome), Some(OutcomeKind::RolledBack), "after a crash at {state}: {outcome}");
     let w = gw.world();
     assert_eq!(w["applied"], serde_json::json!([]), "the change is out after a crash at {state}");
     assert_eq!(w["committed"], serde_json::json!([]));

@@ -9,6 +9,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::Duration;
 
+use otpatch_common::api::OutcomeKind;
 use otpatch_tests::*;
 
 struct Netns(String);
@@ -74,7 +75,7 @@ fn sigkill_mid_window_then_restart_reconciles_and_the_end_lifts() {
     drop(d);
     let _d = start(&bus, &gw, &ns, "");
     wait_for(Duration::from_secs(60), "the window to finish", || {
-        status(&bus)["last_outcome"].as_str().is_some_and(|s| s.starts_with("rolled-back"))
+        status(&bus)["last_outcome"].as_str().is_some_and(|s| OutcomeKind::of(s) == Some(OutcomeKind::RolledBack))
     });
     assert!(!ns.segmented(), "lifted once the recovered window ended");
 }

@@ -89,6 +89,61 @@ pub mod errors {
     pub const FAILED: &str = DaemonError::Failed.name();
 }
 
+/// How a window ended, as the first word of its outcome text (`WindowCompleted`'s `outcome`, `last_outcome`):
+/// the daemon writes the text with these words, and clients read the kind back with [`OutcomeKind::of`]
+/// instead of each matching prefixes of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// `committed VERSION`
+    Committed,
+    /// `installed VERSION into slot S, reboot pending`
+    Staged,
+    /// `up-to-date`, possibly with a note after a colon
+    UpToDate,
+    /// `rolled-back: REASON`
+    RolledBack,
+    /// `failed: REASON`
+    Failed,
+}
+
+impl OutcomeKind {
+    pub const ALL: [OutcomeKind; 5] = [
+        OutcomeKind::Committed,
+        OutcomeKind::Staged,
+        OutcomeKind::UpToDate,
+        OutcomeKind::RolledBack,
+        OutcomeKind::Failed,
+    ];
+
+    /// The word an outcome of this kind starts with.
+    pub const fn word(self) -> &'static str {
+        match self {
+            OutcomeKind::Committed => "committed",
+            OutcomeKind::Staged => "installed",
+            OutcomeKind::UpToDate => "up-to-date",
+            OutcomeKind::RolledBack => "rolled-back",
+            OutcomeKind::Failed => "failed",
+        }
+    }
+
+    /// The kind of an outcome text, or None for text that is no outcome.
+    pub fn of(outcome: &str) -> Option<OutcomeKind> {
+        let first = outcome.trim_start().split([' ', ':', ',']).next().unwrap_or_default();
+        Self::ALL.into_iter().find(|k| k.word() == first)
+    }
+
+    /// What `otpatchctl watch --exit-on-complete` exits with for it.
+    pub const fn exit_code(self) -> crate::exit::ExitCode {
+        use crate::exit::ExitCode;
+        match self {
+            OutcomeKind::Committed | OutcomeKind::UpToDate => ExitCode::Ok,
+            OutcomeKind::Staged => ExitCode::RebootPending,
+            OutcomeKind::RolledBack => ExitCode::RolledBack,
+            OutcomeKind::Failed => ExitCode::WindowFailed,
+        }
+    }
+}
+
 /// One window as `ListWindows` returns it: `(id, source, timezone, start, end, auto_start, status)`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct WindowInfo {
@@ -273,5 +328,17 @@ mod tests {
             assert!(readme.contains(&row), "README.md's error table lacks {row}");
         }
         assert_eq!(DaemonError::from_name("io.otpatch.Error.Nonsense"), None);
+    }
+
+    #[test]
+    fn outcome_kinds_are_read_back_from_their_words() {
+        use super::OutcomeKind;
+        for k in OutcomeKind::ALL {
+            assert_eq!(OutcomeKind::of(&format!("{} whatever follows", k.word())), Some(k));
+        }
+        assert_eq!(OutcomeKind::of("up-to-date: 1.0.2 was rolled back on 2026-11-01"), Some(OutcomeKind::UpToDate));
+        assert_eq!(OutcomeKind::of("rolled-back: probe out of range"), Some(OutcomeKind::RolledBack));
+        assert_eq!(OutcomeKind::of("committedness"), None);
+        assert_eq!(OutcomeKind::of(""), None);
     }
 }

@@ -20,11 +20,8 @@ pub mod exit {
     pub const DENIED: u8 = ExitCode::Denied.code();
     pub const POLICY_INVALID: u8 = ExitCode::PolicyInvalid.code();
     pub const CHAIN_BROKEN: u8 = ExitCode::ChainBroken.code();
-    pub const ROLLED_BACK: u8 = ExitCode::RolledBack.code();
-    pub const WINDOW_FAILED: u8 = ExitCode::WindowFailed.code();
     pub const WAIT_TIMEOUT: u8 = ExitCode::WaitTimeout.code();
     pub const BUNDLE_REFUSED: u8 = ExitCode::BundleRefused.code();
-    pub const REBOOT_PENDING: u8 = ExitCode::RebootPending.code();
     pub const INTERRUPTED: u8 = ExitCode::Interrupted.code();
 }
 

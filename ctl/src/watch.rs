@@ -29,18 +29,7 @@ use crate::{out, render};
 /// The exit code for a window outcome: 0 committed or up-to-date, 9 rolled back, 10 failed, 13 installed with the
 /// reboot pending, 1 anything else.
 pub fn outcome_code(outcome: &str) -> u8 {
-    let o = outcome.trim_start();
-    if o.starts_with("committed") || o.starts_with("up-to-date") {
-        exit::OK
-    } else if o.starts_with("rolled-back") {
-        exit::ROLLED_BACK
-    } else if o.starts_with("failed") {
-        exit::WINDOW_FAILED
-    } else if o.starts_with("installed") && o.ends_with("reboot pending") {
-        exit::REBOOT_PENDING
-    } else {
-        exit::FAILURE
-    }
+    otpatch_common::api::OutcomeKind::of(outcome).map_or(exit::FAILURE, |k| k.exit_code().code())
 }
 
 /// The first line of `watch`: where the daemon is now.

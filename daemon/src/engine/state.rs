@@ -142,14 +142,28 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// Its kind, whose word the text starts with (clients read it back with `OutcomeKind::of`).
+    pub fn kind(&self) -> otpatch_common::api::OutcomeKind {
+        use otpatch_common::api::OutcomeKind;
+        match self {
+            Outcome::Committed { .. } => OutcomeKind::Committed,
+            Outcome::Staged { .. } => OutcomeKind::Staged,
+            Outcome::UpToDate => OutcomeKind::UpToDate,
+            Outcome::RolledBack { .. } => OutcomeKind::RolledBack,
+            Outcome::Failed { .. } => OutcomeKind::Failed,
+        }
+    }
+}
+
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = self.kind().word();
         match self {
-            Outcome::Committed { version } => write!(f, "committed {version}"),
-            Outcome::Staged { version, slot } => write!(f, "installed {version} into slot {slot}, reboot pending"),
-            Outcome::UpToDate => f.write_str("up-to-date"),
-            Outcome::RolledBack { reason } => write!(f, "rolled-back: {reason}"),
-            Outcome::Failed { reason } => write!(f, "failed: {reason}"),
+            Outcome::Committed { version } => write!(f, "{word} {version}"),
+            Outcome::Staged { version, slot } => write!(f, "{word} {version} into slot {slot}, reboot pending"),
+            Outcome::UpToDate => f.write_str(word),
+            Outcome::RolledBack { reason } | Outcome::Failed { reason } => write!(f, "{word}: {reason}"),
         }
     }
 }
