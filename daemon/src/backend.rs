@@ -16,7 +16,7 @@ use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowC
 
 #[cfg(any(test, feature = "fake-backends"))]
 pub mod fake;
-pub mod unavailable;
+pub mod absent;
 
 /// A backend failure, with a message fit for an operator (it ends up in `LastError` and the audit log).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

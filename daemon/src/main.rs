@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 use otpatch_common::api::BUS_NAME;
 use otpatch_common::policy::{self, LoadOptions, PolicyPaths};
 use otpatch_common::policy::{FirewallBackend, Settings};
-use otpatchd::backend::unavailable::{FetchNotConfigured, NoCriticalProcesses};
+use otpatchd::backend::absent::{FetchNotConfigured, NoCriticalProcesses};
 use otpatchd::backend::{BackendError, Backends, Checkpointer, Clock, Fetcher, Firewall, Rebooter, SystemClock};
 use otpatchd::failpoints::Failpoints;
 use otpatchd::fetch::{tls::client_config, Channel, ChannelLimits, HttpsFetcher};
