@@ -1,6 +1,7 @@
 //! The otpatch daemon as a library: the pure window [`engine`], the write-ahead [`journal`], the hash-chained
 //! [`audit`] log, the [`backend`] traits every capability plugs into, the [`orchestrator`] that runs a window
-//! through them, and the D-Bus [`service`].
+//! through them, and the D-Bus [`dbus`] server. Each real backend is in `backend/<name>/` beside the trait it
+//! implements (`backend/mod.rs`) and the fakes (`backend/fake.rs`).
 //!
 //! `main.rs` picks the real backends explicitly; the call-recording fakes in [`backend::fake`] exist only with
 //! the `fake-backends` feature (demo and process tests) and in unit tests.
@@ -10,21 +11,17 @@
 pub mod audit;
 pub mod backend;
 pub mod committed;
-pub mod criu;
+pub mod dbus;
 pub mod engine;
 pub mod failpoints;
-pub mod fetch;
-pub mod firewall;
 pub mod fsutil;
-pub mod health;
 pub mod journal;
 pub mod last_good;
-pub mod livepatch;
 pub mod orchestrator;
 pub mod prune;
-pub mod rauc;
-pub mod reboot;
 pub mod rolled_back;
-pub mod service;
 pub mod sysroot;
-pub mod verify;
+
+// The backends live beside their trait, under `backend/`; their old paths stay valid.
+pub use backend::{criu, fetch, firewall, health, livepatch, rauc, reboot, verify};
+pub use dbus::server as service;

@@ -14,9 +14,17 @@ use otpatch_common::policy::Flow;
 
 use crate::engine::{BundleRef, CheckpointRef, PatchKind, VerifiedBundle, WindowCtx};
 
+pub mod absent;
+pub mod criu;
 #[cfg(any(test, feature = "fake-backends"))]
 pub mod fake;
-pub mod absent;
+pub mod fetch;
+pub mod firewall;
+pub mod health;
+pub mod livepatch;
+pub mod rauc;
+pub mod reboot;
+pub mod verify;
 
 /// A backend failure, with a message fit for an operator (it ends up in `LastError` and the audit log).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
