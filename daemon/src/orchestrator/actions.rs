@@ -1,5 +1,6 @@
 //! Runs the actions of a state: the effects inline, the driving action as the future in flight.
 
+use otpatch_common::audit::AuditEvent;
 use std::time::Duration;
 
 use tracing::{error, warn};
@@ -44,10 +45,14 @@ impl Orchestrator {
                     self.out.status.send_modify(|s| s.last_error = format!("recording the commit: {e}"));
                 }
                 self.audit_log(
-                    "commit",
                     self.run.state.window().map(|w| w.id.clone()).as_deref(),
                     None,
-                    serde_json::json!({"version": bundle.version, "kind": bundle.kind.to_string(), "digest": bundle.digest, "signer": bundle.signer}),
+                    AuditEvent::Commit {
+                        version: bundle.version.clone(),
+                        kind: bundle.kind.to_string(),
+                        digest: bundle.digest.clone(),
+                        signer: bundle.signer.clone(),
+                    },
                 );
             }
             Effect::DiscardCheckpoint { checkpoint } => {
@@ -59,10 +64,9 @@ impl Orchestrator {
                 Ok(r) if r.was_active => {
                     warn!(dropped = r.dropped_packets, "stale segmentation lifted");
                     self.audit_log(
-                        "stale-segmentation-lifted",
                         None,
                         None,
-                        serde_json::json!({"dropped_packets": r.dropped_packets}),
+                        AuditEvent::StaleSegmentationLifted { dropped_packets: r.dropped_packets },
                     );
                 }
                 Ok(_) => {}
@@ -129,7 +133,7 @@ impl Orchestrator {
             Drive::Reboot { slot } => {
                 let limit = self.policy.settings.ab.reboot_timeout;
                 let window = self.run.state.window().map(|w| w.id.clone()).unwrap_or_default();
-                self.audit_log("reboot-requested", Some(&window), None, serde_json::json!({"slot": slot}));
+                self.audit_log(Some(&window), None, AuditEvent::RebootRequested { slot: slot.clone() });
                 Box::pin(async move { drive::reboot(&b, &window, &slot, limit, progress).await })
             }
             Drive::ConfirmBoot { slot, boot_id } => {

@@ -1,5 +1,6 @@
 //! Answers the D-Bus service's commands: [`Orchestrator::handle`] dispatches, one small method per command.
 
+use otpatch_common::audit::{AuditEvent, OperatorAction};
 use std::time::Duration;
 
 use otpatch_common::api::{DaemonError, StatusSnapshot, WindowInfo};
@@ -148,10 +149,9 @@ impl Orchestrator {
     async fn rollback(&mut self, uid: u32) -> Result<(), ApiError> {
         if self.run.state.change_pending() {
             self.audit_log(
-                "operator",
                 self.run.state.window().map(|w| w.id.clone()).as_deref(),
                 Some(uid),
-                serde_json::json!({"action": "rollback"}),
+                AuditEvent::Operator(OperatorAction::Rollback),
             );
             self.feed(Event::RollbackRequested { uid }).await;
             Ok(())
@@ -221,10 +221,13 @@ impl Orchestrator {
         self.save_store();
         info!(window = %id, start = %occ.start, end = %occ.end, uid, "window scheduled");
         self.audit_log(
-            "operator",
             Some(&id),
             Some(uid),
-            serde_json::json!({"action": "schedule", "start": occ.start.to_string(), "end": occ.end.to_string(), "auto_start": auto_start}),
+            AuditEvent::Operator(OperatorAction::Schedule {
+                start: occ.start.to_string(),
+                end: occ.end.to_string(),
+                auto_start,
+            }),
         );
         Ok(id)
     }
@@ -234,10 +237,9 @@ impl Orchestrator {
         let active = self.run.state.in_progress() && self.run.state.window().is_some_and(|w| w.id == id);
         if active {
             self.audit_log(
-                "operator",
                 Some(id),
                 Some(uid),
-                serde_json::json!({"action": "cancel", "while": self.run.state.name()}),
+                AuditEvent::Operator(OperatorAction::Cancel { while_state: Some(self.run.state.name().to_string()) }),
             );
             let before = self.run.state.clone();
             self.feed(Event::Cancel { uid }).await;
@@ -251,7 +253,7 @@ impl Orchestrator {
         }
         self.run.store.schedule.cancel(id, now).map_err(|e| ApiError::new(DaemonError::NotFound, e.to_string()))?;
         self.save_store();
-        self.audit_log("operator", Some(id), Some(uid), serde_json::json!({"action": "cancel"}));
+        self.audit_log(Some(id), Some(uid), AuditEvent::Operator(OperatorAction::Cancel { while_state: None }));
         Ok(())
     }
 
@@ -304,7 +306,7 @@ impl Orchestrator {
         };
         // Running a window again (e.g. a new bundle appeared after it finished) is allowed while it is open.
         self.run.store.done.remove(&open.id);
-        self.audit_log("operator", Some(&open.id), Some(uid), serde_json::json!({"action": "apply"}));
+        self.audit_log(Some(&open.id), Some(uid), AuditEvent::Operator(OperatorAction::Apply));
         let window = occurrence_ctx(&open);
         if !matches!(&self.run.state, State::Scheduled { window: w } if *w == window) {
             self.feed(Event::Schedule { window }).await;
@@ -316,7 +318,7 @@ impl Orchestrator {
     fn reload(&mut self, uid: Option<u32>) -> Result<(), ApiError> {
         let settings = (self.setup.loader)().map_err(|errs| {
             warn!(errors = %errs, "new policy rejected; the running one stays");
-            self.audit_log("policy-rejected", None, uid, serde_json::json!({"errors": errs.to_string()}));
+            self.audit_log(None, uid, AuditEvent::PolicyRejected { errors: errs.to_string() });
             ApiError::new(
                 DaemonError::PolicyRejected,
                 format!("policy rejected, the running policy stays in force:\n{errs}"),
@@ -334,7 +336,7 @@ impl Orchestrator {
         self.policy.settings = settings;
         self.set_access_group();
         info!(files = sources.len(), "policy reloaded");
-        self.audit_log("policy-reloaded", None, uid, serde_json::json!({"sources": sources}));
+        self.audit_log(None, uid, AuditEvent::PolicyReloaded { sources });
         Ok(())
     }
 
@@ -393,10 +395,15 @@ impl Orchestrator {
         info!(version, uid, "rolled-back version allowed again");
         for r in &gone {
             self.audit_log(
-                "operator",
                 None,
                 Some(uid),
-                serde_json::json!({"action": "retry", "compatible": r.compatible, "version": r.version, "digest": r.digest, "rolled_back_at": r.rolled_back_at.to_string(), "why": r.why}),
+                AuditEvent::Operator(OperatorAction::Retry {
+                    compatible: r.compatible.clone(),
+                    version: r.version.clone(),
+                    digest: r.digest.clone(),
+                    rolled_back_at: r.rolled_back_at.to_string(),
+                    why: r.why.clone(),
+                }),
             );
         }
         self.refresh_rolled_back();

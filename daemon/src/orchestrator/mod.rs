@@ -23,6 +23,7 @@ mod status;
 mod store;
 mod walk;
 
+use otpatch_common::audit::AuditEvent;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -288,13 +289,12 @@ impl Orchestrator {
             Ok(r) if r.was_active => {
                 info!(dropped = r.dropped_packets, "segmentation lifted on shutdown");
                 self.audit_log(
-                    "shutdown",
                     None,
                     None,
-                    serde_json::json!({"lifted": true, "dropped_packets": r.dropped_packets}),
+                    AuditEvent::Shutdown { lifted: true, dropped_packets: Some(r.dropped_packets) },
                 );
             }
-            Ok(_) => self.audit_log("shutdown", None, None, serde_json::json!({"lifted": false})),
+            Ok(_) => self.audit_log(None, None, AuditEvent::Shutdown { lifted: false, dropped_packets: None }),
             Err(e) => error!(error = %e, "could not lift segmentation on shutdown"),
         }
     }

@@ -1,6 +1,7 @@
 //! Start-up, before the daemon serves D-Bus: open the state, recover an interrupted window, put committed
 //! livepatches back, and observe a staged A/B slot that booted outside a window.
 
+use otpatch_common::audit::AuditEvent;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,10 +97,13 @@ impl Orchestrator {
             warn!(problem = %p, "state problem found at start");
         }
         me.audit_log(
-            "daemon-start",
             None,
             None,
-            serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "journal_state": loaded.state.name(), "problems": problems}),
+            AuditEvent::DaemonStart {
+                version: env!("CARGO_PKG_VERSION").into(),
+                journal_state: loaded.state.name().into(),
+                problems,
+            },
         );
         me.recover().await;
         me.reapply_committed().await;
@@ -120,10 +124,13 @@ impl Orchestrator {
         }
         if before.in_progress() {
             self.audit_log(
-                "recovery",
                 before.window().map(|w| w.id.clone()).as_deref(),
                 None,
-                serde_json::json!({"journal_state": before.name(), "resumed_as": self.run.state.name(), "window_open": open}),
+                AuditEvent::Recovery {
+                    journal_state: before.name().into(),
+                    resumed_as: self.run.state.name().into(),
+                    window_open: open,
+                },
             );
         }
         if let Err(error) = journaled {
@@ -164,10 +171,9 @@ impl Orchestrator {
         let window = WindowCtx { id: id.clone(), start: now, end, auto_start: true };
         warn!(window = %id, version = %bundle.version, "running a staged A/B update that was never confirmed: observing it");
         self.audit_log(
-            "staged-boot",
             Some(&id),
             None,
-            serde_json::json!({"version": bundle.version, "digest": bundle.digest}),
+            AuditEvent::StagedBoot { version: bundle.version.clone(), digest: bundle.digest.clone() },
         );
         if let Err(e) = self.policy.backends.health.baseline().await {
             // Without a baseline the observation still checks the probes' limits; say what is missing.
@@ -198,19 +204,17 @@ impl Orchestrator {
                 Ok(true) => {
                     info!(version = %c.version, "committed livepatch re-applied at start");
                     self.audit_log(
-                        "boot-reapply",
                         None,
                         None,
-                        serde_json::json!({"version": c.version, "digest": c.digest}),
+                        AuditEvent::BootReapply { version: c.version.clone(), digest: c.digest.clone(), policy: None },
                     );
                 }
                 Err(e) => {
                     error!(version = %c.version, error = %e, "could not re-apply the committed livepatch");
                     self.audit_log(
-                        "boot-reapply-failed",
                         None,
                         None,
-                        serde_json::json!({"version": c.version, "error": e.to_string()}),
+                        AuditEvent::BootReapplyFailed { version: c.version.clone(), error: e.to_string() },
                     );
                     let why = format!("{} ({compatible}): {e}", c.version);
                     self.out.status.send_modify(|s| {

@@ -1,5 +1,6 @@
 //! What the orchestrator tells the outside: the status snapshot, progress, errors, the audit log and notices.
 
+use otpatch_common::audit::AuditEvent;
 use std::sync::Arc;
 
 use tracing::{error, info};
@@ -40,9 +41,10 @@ impl Orchestrator {
         });
     }
 
-    pub(super) fn audit_log(&mut self, kind: &str, window: Option<&str>, uid: Option<u32>, detail: serde_json::Value) {
+    pub(super) fn audit_log(&mut self, window: Option<&str>, uid: Option<u32>, event: AuditEvent) {
         let now = self.now();
-        if let Err(e) = self.out.audit.append(now, kind, window, uid, detail) {
+        let (kind, detail) = event.kind_and_detail();
+        if let Err(e) = self.out.audit.append(now, &kind, window, uid, detail) {
             error!(error = %e, kind, "audit log write failed");
         }
     }
@@ -84,10 +86,9 @@ impl Orchestrator {
                     if r.was_active {
                         info!(window = %window, dropped = r.dropped_packets, "segmentation lifted");
                         self.audit_log(
-                            "segmentation-lifted",
                             Some(&window),
                             None,
-                            serde_json::json!({"dropped_packets": r.dropped_packets}),
+                            AuditEvent::SegmentationLifted { dropped_packets: r.dropped_packets },
                         );
                         self.out.status.send_modify(|s| s.segmentation_dropped = r.dropped_packets);
                     }
@@ -106,10 +107,9 @@ impl Orchestrator {
             info!(window = %window, verdict, reason = %reason, "health verdict");
             let probes = self.policy.backends.health.probes();
             self.audit_log(
-                "verdict",
                 Some(&window),
                 None,
-                serde_json::json!({"verdict": verdict, "reason": reason, "probes": probes}),
+                AuditEvent::Verdict { verdict: verdict.to_string(), reason: reason.clone(), probes: probes.clone() },
             );
             let table = serde_json::to_string(&probes).unwrap_or_default();
             let _ = self.out.notices.send(Notice::Probes { window: window.clone(), probes: table });

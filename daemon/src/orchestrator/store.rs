@@ -1,6 +1,7 @@
 //! The records kept beside the journal: `windows.json`, `rolled-back.json`, what `committed.json` says a
 //! rollback puts back, and pruning the state directory to what is committed.
 
+use otpatch_common::audit::AuditEvent;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -99,12 +100,7 @@ impl Orchestrator {
         if !removed.is_empty() || !problems.is_empty() {
             let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
             info!(window, files = removed.len(), "state directory pruned to what is committed");
-            self.audit_log(
-                "state-pruned",
-                Some(window),
-                None,
-                serde_json::json!({"removed": removed, "problems": problems}),
-            );
+            self.audit_log(Some(window), None, AuditEvent::StatePruned { removed, problems });
         }
     }
 }

@@ -2,6 +2,7 @@
 //! timers (window opening, hard end) and the schedule the engine waits on.
 
 use jiff::Timestamp;
+use otpatch_common::audit::AuditEvent;
 use tracing::{error, info, warn};
 
 use super::{occurrence_ctx, Notice, Orchestrator};
@@ -104,10 +105,13 @@ impl Orchestrator {
         info!(window = %window, from = prev.name(), to = self.run.state.name(), event, "transition");
 
         self.audit_log(
-            "transition",
             Some(&window),
             None,
-            serde_json::json!({"from": prev.name(), "to": self.run.state.name(), "event": event}),
+            AuditEvent::Transition {
+                from: prev.name().into(),
+                to: self.run.state.name().into(),
+                event: event.to_string(),
+            },
         );
         let _ = self.out.notices.send(Notice::Transition {
             window: window.clone(),
@@ -129,7 +133,7 @@ impl Orchestrator {
             self.run.store.done.insert(w.id.clone());
             self.save_store();
             self.out.status.send_modify(|s| s.last_outcome = outcome_text.clone());
-            self.audit_log("window-closed", Some(&w.id), None, serde_json::json!({"outcome": outcome_text}));
+            self.audit_log(Some(&w.id), None, AuditEvent::WindowClosed { outcome: outcome_text.clone() });
             let _ = self.out.notices.send(Notice::Completed { window: w.id.clone(), outcome: outcome_text });
             if matches!(outcome, Outcome::Committed { .. } | Outcome::UpToDate) {
                 self.out.status.send_modify(|s| s.last_error.clear());
