@@ -89,6 +89,60 @@ pub mod errors {
     pub const FAILED: &str = DaemonError::Failed.name();
 }
 
+/// The daemon's own signals on `io.otpatch.Daemon1`: the daemon emits them from this enum and clients decode them
+/// into it ([`Signal::from_message`]), so the member names and argument order are written once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// `Transition(window, from, to, event)`: the engine moved.
+    Transition { window: String, from: String, to: String, event: String },
+    /// `HealthVerdict(window, verdict, reason)`: healthy, degraded or failed.
+    HealthVerdict { window: String, verdict: String, reason: String },
+    /// `ProbeResults(window, probes)`: the probe table (JSON) at the time of a verdict.
+    ProbeResults { window: String, probes: String },
+    /// `WindowCompleted(window, outcome)`: the window ended ([`OutcomeKind::of`] reads the outcome).
+    WindowCompleted { window: String, outcome: String },
+}
+
+impl Signal {
+    /// The member name on the bus.
+    pub const fn member(&self) -> &'static str {
+        match self {
+            Signal::Transition { .. } => "Transition",
+            Signal::HealthVerdict { .. } => "HealthVerdict",
+            Signal::ProbeResults { .. } => "ProbeResults",
+            Signal::WindowCompleted { .. } => "WindowCompleted",
+        }
+    }
+
+    /// The daemon's signal a message carries; `None` for any other message (or one with the wrong arguments).
+    pub fn from_message(msg: &zbus::Message) -> Option<Signal> {
+        let header = msg.header();
+        if header.interface()?.as_str() != INTERFACE {
+            return None;
+        }
+        let body = msg.body();
+        Some(match header.member()?.as_str() {
+            "Transition" => {
+                let (window, from, to, event) = body.deserialize::<(String, String, String, String)>().ok()?;
+                Signal::Transition { window, from, to, event }
+            }
+            "HealthVerdict" => {
+                let (window, verdict, reason) = body.deserialize::<(String, String, String)>().ok()?;
+                Signal::HealthVerdict { window, verdict, reason }
+            }
+            "ProbeResults" => {
+                let (window, probes) = body.deserialize::<(String, String)>().ok()?;
+                Signal::ProbeResults { window, probes }
+            }
+            "WindowCompleted" => {
+                let (window, outcome) = body.deserialize::<(String, String)>().ok()?;
+                Signal::WindowCompleted { window, outcome }
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// How a window ended, as the first word of its outcome text (`WindowCompleted`'s `outcome`, `last_outcome`):
 /// the daemon writes the text with these words, and clients read the kind back with [`OutcomeKind::of`]
 /// instead of each matching prefixes of their own.

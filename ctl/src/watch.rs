@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_core::Stream;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use otpatch_common::api::{StatusSnapshot, BUS_NAME, INTERFACE, OBJECT_PATH};
+use otpatch_common::api::{Signal, StatusSnapshot, BUS_NAME, INTERFACE, OBJECT_PATH};
 use otpatch_common::units::format_duration;
 use serde_json::json;
 
@@ -176,44 +176,22 @@ async fn status(client: &Client) -> Result<(serde_json::Value, StatusSnapshot), 
 /// What one message from the daemon means to `watch`.
 #[derive(Debug, PartialEq)]
 enum Event {
-    Transition {
-        window: String,
-        from: String,
-        to: String,
-        event: String,
-    },
-    Health {
-        window: String,
-        verdict: String,
-        reason: String,
-    },
-    Completed {
-        window: String,
-        outcome: String,
-    },
+    /// One of the daemon's own signals.
+    Signal(Signal),
     /// `Progress` changed; `None` when the change only invalidated it (its value must be read).
     Progress(Option<(i32, String)>),
 }
 
 /// Reads a signal of the daemon's object; `None` for anything `watch` does not show.
 fn event(msg: &zbus::Message) -> Option<Event> {
+    if let Some(s) = Signal::from_message(msg) {
+        return Some(Event::Signal(s));
+    }
     let header = msg.header();
     let interface = header.interface()?.as_str();
     let member = header.member()?.as_str();
     let body = msg.body();
     match (interface, member) {
-        (INTERFACE, "Transition") => {
-            let (window, from, to, event) = body.deserialize::<(String, String, String, String)>().ok()?;
-            Some(Event::Transition { window, from, to, event })
-        }
-        (INTERFACE, "HealthVerdict") => {
-            let (window, verdict, reason) = body.deserialize::<(String, String, String)>().ok()?;
-            Some(Event::Health { window, verdict, reason })
-        }
-        (INTERFACE, "WindowCompleted") => {
-            let (window, outcome) = body.deserialize::<(String, String)>().ok()?;
-            Some(Event::Completed { window, outcome })
-        }
         ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
             let (iface, mut changed, invalidated) =
                 body.deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>().ok()?;
@@ -270,14 +248,14 @@ pub async fn run(args: &WatchArgs, json: bool, timeout: Duration) -> Result<u8, 
             msg = next(&mut signals) => {
                 let msg = msg.ok_or_else(bus_lost)?.map_err(|e| client.err(e))?;
                 match event(&msg) {
-                    Some(Event::Transition { window, from, to, event }) => {
+                    Some(Event::Signal(Signal::Transition { window, from, to, event })) => {
                         if json {
                             p.event("transition", json!({"window": window, "from": from, "to": to, "event": event}));
                         } else {
                             p.line(&transition_text(&window, &from, &to, &event));
                         }
                     }
-                    Some(Event::Health { window, verdict, reason }) => {
+                    Some(Event::Signal(Signal::HealthVerdict { window, verdict, reason })) => {
                         if json {
                             p.event("health", json!({"window": window, "verdict": verdict, "reason": reason}));
                         } else {
@@ -293,7 +271,7 @@ pub async fn run(args: &WatchArgs, json: bool, timeout: Duration) -> Result<u8, 
                             p.progress(percent, message);
                         }
                     }
-                    Some(Event::Completed { window, outcome }) => {
+                    Some(Event::Signal(Signal::WindowCompleted { window, outcome })) => {
                         if json {
                             p.event("completed", json!({"window": window, "outcome": outcome}));
                         } else {
@@ -307,7 +285,7 @@ pub async fn run(args: &WatchArgs, json: bool, timeout: Duration) -> Result<u8, 
                             break code;
                         }
                     }
-                    None => {}
+                    Some(Event::Signal(Signal::ProbeResults { .. })) | None => {}
                 }
             }
             owner_changed = next(&mut owner) => {
@@ -389,20 +367,27 @@ mod tests {
         let m = signal(INTERFACE, "Transition", &("w-1", "armed", "segmented", "segment-applied"));
         assert_eq!(
             event(&m),
-            Some(Event::Transition {
+            Some(Event::Signal(Signal::Transition {
                 window: "w-1".into(),
                 from: "armed".into(),
                 to: "segmented".into(),
                 event: "segment-applied".into()
-            })
+            }))
         );
         let m = signal(INTERFACE, "HealthVerdict", &("w-1", "degraded", "slow"));
         assert_eq!(
             event(&m),
-            Some(Event::Health { window: "w-1".into(), verdict: "degraded".into(), reason: "slow".into() })
+            Some(Event::Signal(Signal::HealthVerdict {
+                window: "w-1".into(),
+                verdict: "degraded".into(),
+                reason: "slow".into()
+            }))
         );
         let m = signal(INTERFACE, "WindowCompleted", &("w-1", "committed"));
-        assert_eq!(event(&m), Some(Event::Completed { window: "w-1".into(), outcome: "committed".into() }));
+        assert_eq!(
+            event(&m),
+            Some(Event::Signal(Signal::WindowCompleted { window: "w-1".into(), outcome: "committed".into() }))
+        );
         let m = signal(INTERFACE, "Unknown", &("x",));
         assert_eq!(event(&m), None);
         let m = signal(INTERFACE, "Transition", &("too", "few"));

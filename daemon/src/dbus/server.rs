@@ -339,11 +339,11 @@ pub async fn serve(conn: &Connection, handle: Handle, access: Access) -> zbus::R
                 Notice::Transition { window, from, to, event } => {
                     DaemonIface::transition(em, window, from, to, event).await
                 }
-                Notice::Health { window, verdict, reason } => {
+                Notice::HealthVerdict { window, verdict, reason } => {
                     DaemonIface::health_verdict(em, window, verdict, reason).await
                 }
-                Notice::Completed { window, outcome } => DaemonIface::window_completed(em, window, outcome).await,
-                Notice::Probes { window, probes } => DaemonIface::probe_results(em, window, probes).await,
+                Notice::WindowCompleted { window, outcome } => DaemonIface::window_completed(em, window, outcome).await,
+                Notice::ProbeResults { window, probes } => DaemonIface::probe_results(em, window, probes).await,
             };
             if let Err(e) = r {
                 warn!(error = %e, "could not emit signal");

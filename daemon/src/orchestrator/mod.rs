@@ -46,30 +46,8 @@ use crate::sysroot::Sysroot;
 pub use commands::{ApiError, Command, LivepatchInfo};
 use store::WindowStore;
 
-/// What the D-Bus service turns into signals.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
-    Transition {
-        window: String,
-        from: String,
-        to: String,
-        event: String,
-    },
-    Health {
-        window: String,
-        verdict: String,
-        reason: String,
-    },
-    /// The probe table (JSON) at the time of a verdict.
-    Probes {
-        window: String,
-        probes: String,
-    },
-    Completed {
-        window: String,
-        outcome: String,
-    },
-}
+/// What the D-Bus service turns into signals: the daemon's signals themselves.
+pub use otpatch_common::api::Signal as Notice;
 
 /// Builds the backends for a policy (a reload changes probes, the patch server, the firewall backend...).
 pub type BackendFactory = Arc<dyn Fn(Settings) -> BoxFuture<'static, anyhow::Result<Backends>> + Send + Sync>;

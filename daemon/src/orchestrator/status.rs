@@ -112,8 +112,8 @@ impl Orchestrator {
                 AuditEvent::Verdict { verdict: verdict.to_string(), reason: reason.clone(), probes: probes.clone() },
             );
             let table = serde_json::to_string(&probes).unwrap_or_default();
-            let _ = self.out.notices.send(Notice::Probes { window: window.clone(), probes: table });
-            let _ = self.out.notices.send(Notice::Health { window, verdict: verdict.into(), reason });
+            let _ = self.out.notices.send(Notice::ProbeResults { window: window.clone(), probes: table });
+            let _ = self.out.notices.send(Notice::HealthVerdict { window, verdict: verdict.into(), reason });
         }
     }
 

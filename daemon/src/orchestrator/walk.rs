@@ -134,7 +134,7 @@ impl Orchestrator {
             self.save_store();
             self.out.status.send_modify(|s| s.last_outcome = outcome_text.clone());
             self.audit_log(Some(&w.id), None, AuditEvent::WindowClosed { outcome: outcome_text.clone() });
-            let _ = self.out.notices.send(Notice::Completed { window: w.id.clone(), outcome: outcome_text });
+            let _ = self.out.notices.send(Notice::WindowCompleted { window: w.id.clone(), outcome: outcome_text });
             if matches!(outcome, Outcome::Committed { .. } | Outcome::UpToDate) {
                 self.out.status.send_modify(|s| s.last_error.clear());
             }

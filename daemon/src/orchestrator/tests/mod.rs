@@ -96,7 +96,7 @@ impl Running {
         loop {
             tokio::select! {
                 n = notices.recv() => {
-                    if let Ok(Notice::Completed { outcome, .. }) = n {
+                    if let Ok(Notice::WindowCompleted { outcome, .. }) = n {
                         return outcome;
                     }
                 }
