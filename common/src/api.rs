@@ -344,6 +344,18 @@ pub trait Daemon1 {
     fn window_completed(&self, window: &str, outcome: &str) -> zbus::Result<()>;
 }
 
+/// One livepatch as `ListLivepatches` returns it (a JSON array of these) and `otpatchctl livepatch list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivepatchInfo {
+    pub name: String,
+    pub enabled: bool,
+    pub in_transition: bool,
+    /// From the committed record; empty when the patch did not come from a committed window.
+    pub compatible: String,
+    pub version: String,
+    pub committed_at: String,
+}
+
 /// One health probe as the live table shows it (`GetHealth`, `otpatchctl health`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Type)]
 pub struct ProbeReport {

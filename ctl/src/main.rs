@@ -126,7 +126,7 @@ async fn run_dbus(cli: &Cli) -> Result<u8, CtlError> {
             if json {
                 out::json_text(text.trim());
             } else {
-                let list: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| {
+                let list: Vec<otpatch_common::api::LivepatchInfo> = serde_json::from_str(&text).map_err(|e| {
                     CtlError::new(
                         exit::FAILURE,
                         names::BAD_REPLY,

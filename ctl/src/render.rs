@@ -3,7 +3,7 @@
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
-use otpatch_common::api::{ProbeReport, StatusSnapshot, WindowInfo};
+use otpatch_common::api::{LivepatchInfo, ProbeReport, StatusSnapshot, WindowInfo};
 use otpatch_common::audit::AuditRecord;
 
 /// `2026-12-01 02:00 +01:00`: a Unix time local to `tz`.
@@ -217,23 +217,22 @@ pub(crate) fn or_dash(s: &str) -> &str {
 }
 
 /// The `livepatch list` table.
-pub fn livepatch_table(list: &[serde_json::Value]) -> String {
+pub fn livepatch_table(list: &[LivepatchInfo]) -> String {
     let header = ["PATCH", "STATE", "VERSION", "COMPATIBLE", "COMMITTED"];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    let text = |v: &serde_json::Value, k: &str| or_dash(v[k].as_str().unwrap_or_default()).to_string();
     for p in list {
-        let state = match (p["enabled"].as_bool(), p["in_transition"].as_bool()) {
-            (Some(true), Some(true)) => "enabling",
-            (Some(false), Some(true)) => "disabling",
-            (Some(true), _) => "enabled",
-            _ => "disabled",
+        let state = match (p.enabled, p.in_transition) {
+            (true, true) => "enabling",
+            (false, true) => "disabling",
+            (true, false) => "enabled",
+            (false, false) => "disabled",
         };
         rows.push(vec![
-            text(p, "name"),
+            or_dash(&p.name).to_string(),
             state.into(),
-            text(p, "version"),
-            text(p, "compatible"),
-            text(p, "committed_at"),
+            or_dash(&p.version).to_string(),
+            or_dash(&p.compatible).to_string(),
+            or_dash(&p.committed_at).to_string(),
         ]);
     }
     table(&rows)
@@ -346,12 +345,15 @@ mod tests {
 
     #[test]
     fn livepatch_table_shows_where_each_patch_came_from() {
-        let list = vec![
-            serde_json::json!({"name": "lp_fix", "enabled": true, "in_transition": false, "compatible": "gw",
-                               "version": "1.3.0", "committed_at": "2026-12-01T02:10:00Z"}),
-            serde_json::json!({"name": "by_hand", "enabled": true, "in_transition": true, "compatible": "",
-                               "version": "", "committed_at": ""}),
-        ];
+        let lp = |name: &str, in_transition: bool, compatible: &str, version: &str, at: &str| LivepatchInfo {
+            name: name.into(),
+            enabled: true,
+            in_transition,
+            compatible: compatible.into(),
+            version: version.into(),
+            committed_at: at.into(),
+        };
+        let list = vec![lp("lp_fix", false, "gw", "1.3.0", "2026-12-01T02:10:00Z"), lp("by_hand", true, "", "", "")];
         let text = livepatch_table(&list);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("lp_fix") && lines[1].contains("enabled") && lines[1].contains("1.3.0"), "{text}");

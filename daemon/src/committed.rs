@@ -12,6 +12,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{PatchKind, VerifiedBundle};
+
+/// The file's name in the state directory (`Sysroot::committed_file` is its path).
+pub const FILE_NAME: &str = "committed.json";
 use crate::fsutil::write_atomic;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

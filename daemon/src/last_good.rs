@@ -38,7 +38,7 @@ pub fn load(state_dir: &Path) -> Result<Option<Settings>, String> {
 /// With the policy in force invalid: puts back every committed livepatch the kernel lacks, with `patcher` (made
 /// from the last good policy), and audits it. Returns a line for the operator.
 pub async fn reapply_under_invalid_policy(state_dir: &Path, patcher: Arc<dyn Patcher>, clock: &dyn Clock) -> String {
-    let committed = match Committed::load(&state_dir.join("committed.json")) {
+    let committed = match Committed::load(&state_dir.join(crate::committed::FILE_NAME)) {
         Ok(c) => c,
         Err(e) => return format!("cannot read what was committed, nothing re-applied: {e}"),
     };

@@ -128,7 +128,7 @@ fn fetcher(
             Ok(t) => t,
             Err(e) => return Arc::new(FetchNotConfigured(format!("the patch channel cannot be set up: {e}"))),
         };
-    let committed = root.state_dir().join("committed.json");
+    let committed = root.committed_file();
     let compatible = settings.gateway.compatible.clone();
     let c2 = compatible.clone();
     Arc::new(HttpsFetcher {

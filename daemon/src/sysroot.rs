@@ -40,6 +40,12 @@ impl Sysroot {
         self.path("/var/lib/otpatch")
     }
 
+    /// `committed.json` ([`crate::committed`]): what this gateway committed. Its one owner: every reader and
+    /// writer takes its path from here.
+    pub fn committed_file(&self) -> PathBuf {
+        self.state_dir().join(crate::committed::FILE_NAME)
+    }
+
     /// `/run/otpatch`: what must not survive a reboot.
     pub fn runtime_dir(&self) -> PathBuf {
         self.path("/run/otpatch")

@@ -59,7 +59,7 @@ impl BundleVerifier {
     }
 
     fn committed_path(&self) -> PathBuf {
-        self.root.state_dir().join("committed.json")
+        self.root.committed_file()
     }
 
     fn trust(&self) -> BackendResult<&TrustStore> {

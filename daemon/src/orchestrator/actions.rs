@@ -39,7 +39,7 @@ impl Orchestrator {
                     error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
                     self.out.status.send_modify(|s| s.last_error = format!("commit: {e}"));
                 }
-                let committed = self.setup.store_path.with_file_name("committed.json");
+                let committed = self.setup.sysroot.committed_file();
                 if let Err(e) = crate::committed::Committed::record(&committed, &bundle, self.now(), None) {
                     error!(error = %e, "could not record the committed bundle");
                     self.out.status.send_modify(|s| s.last_error = format!("recording the commit: {e}"));

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use otpatch_common::api::{DaemonError, StatusSnapshot, WindowInfo};
 use otpatch_common::schedule::{OneOffRequest, OneOffWindow, Schedule, WindowSource};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -93,17 +92,7 @@ pub enum Command {
     },
 }
 
-/// One livepatch for `ListLivepatches` / `otpatchctl livepatch list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LivepatchInfo {
-    pub name: String,
-    pub enabled: bool,
-    pub in_transition: bool,
-    /// From the committed record; empty when the patch did not come from a committed window.
-    pub compatible: String,
-    pub version: String,
-    pub committed_at: String,
-}
+pub use otpatch_common::api::LivepatchInfo;
 
 impl Orchestrator {
     /// Answers one command: each has its method; the reply is sent whatever it returns.
@@ -344,7 +333,7 @@ impl Orchestrator {
     /// bundle's extracted module).
     fn livepatches(&self) -> Vec<LivepatchInfo> {
         let state = self.setup.sysroot.state_dir();
-        let committed = crate::committed::Committed::load(&state.join("committed.json")).unwrap_or_default();
+        let committed = crate::committed::Committed::load(&self.setup.sysroot.committed_file()).unwrap_or_default();
         let modules: Vec<(String, String)> = std::fs::read_dir(state.join("livepatch"))
             .map(|rd| {
                 rd.filter_map(Result::ok)

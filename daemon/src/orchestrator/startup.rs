@@ -187,7 +187,7 @@ impl Orchestrator {
     /// does not have it (after a reboot), from its bundle, verified again. A committed change is never applied a
     /// second time while it is in place.
     pub(super) async fn reapply_committed(&mut self) {
-        let path = self.setup.store_path.with_file_name("committed.json");
+        let path = self.setup.sysroot.committed_file();
         let committed = match crate::committed::Committed::load(&path) {
             Ok(c) => c,
             Err(e) => {

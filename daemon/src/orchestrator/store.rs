@@ -72,7 +72,7 @@ impl Orchestrator {
         if bundle.kind != PatchKind::Livepatch {
             return Ok(None);
         }
-        let path = self.setup.store_path.with_file_name("committed.json");
+        let path = self.setup.sysroot.committed_file();
         let committed = crate::committed::Committed::load(&path)
             .map_err(|e| format!("cannot tell which livepatch was committed before, to put it back: {e}"))?;
         Ok(committed
@@ -85,8 +85,7 @@ impl Orchestrator {
     /// At the end of a window: `downloads/`, `bundles/` and `livepatch/` keep only what is committed. Nothing is
     /// deleted when `committed.json` cannot be read.
     pub(super) fn prune_state(&mut self, window: &str) {
-        let committed = match crate::committed::Committed::load(&self.setup.store_path.with_file_name("committed.json"))
-        {
+        let committed = match crate::committed::Committed::load(&self.setup.sysroot.committed_file()) {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, "not pruning the state directory: what is committed is unknown");
