@@ -26,27 +26,45 @@ pub mod rauc;
 pub mod reboot;
 pub mod verify;
 
-/// A backend failure, with a message fit for an operator (it ends up in `LastError` and the audit log).
+/// A backend failure, with a message fit for an operator (it ends up in `LastError` and the audit log), and the
+/// kind callers branch on (never the message's text).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct BackendError(pub String);
+pub struct BackendError(pub String, pub ErrorKind);
 
-/// How a livepatch that does not fit the running kernel is refused: the message starts with this, so the
-/// orchestrator can tell it from other refusals (and fall back to the policy's A/B bundle).
-const KERNEL_MISMATCH: &str = "does not fit the running kernel: ";
+/// What a caller may do about a [`BackendError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorKind {
+    /// Nothing but report it.
+    #[default]
+    Other,
+    /// A livepatch for another kernel (release, vermagic or build id): the policy's A/B bundle may be taken instead.
+    KernelMismatch,
+    /// The tool a backend runs is not on this gateway (e.g. `iptables` where only nft is installed).
+    NotInstalled,
+}
 
 impl BackendError {
     pub fn new(msg: impl fmt::Display) -> Self {
-        BackendError(msg.to_string())
+        BackendError(msg.to_string(), ErrorKind::Other)
     }
 
     /// A livepatch for another kernel (release, vermagic or build id).
     pub fn kernel_mismatch(msg: impl fmt::Display) -> Self {
-        BackendError(format!("{KERNEL_MISMATCH}{msg}"))
+        BackendError(format!("does not fit the running kernel: {msg}"), ErrorKind::KernelMismatch)
+    }
+
+    /// A program the backend runs is missing.
+    pub fn not_installed(msg: impl fmt::Display) -> Self {
+        BackendError(msg.to_string(), ErrorKind::NotInstalled)
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.1
     }
 
     pub fn is_kernel_mismatch(&self) -> bool {
-        self.0.starts_with(KERNEL_MISMATCH)
+        self.1 == ErrorKind::KernelMismatch
     }
 }
 

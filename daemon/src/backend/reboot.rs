@@ -39,6 +39,6 @@ impl Rebooter for SystemdRebooter {
     }
 
     fn boot_id(&self) -> BackendResult<String> {
-        self.root.boot_id().map_err(BackendError)
+        self.root.boot_id().map_err(BackendError::new)
     }
 }

@@ -91,7 +91,7 @@ impl BundleVerifier {
     /// [`Self::verify_path`] as of `at` (a bundle committed then: its integrity is checked, its signature as it
     /// chained then, so a manifest expiry or a signer's notAfter since then does not refuse it), or now.
     pub fn verify_path_at(&self, path: &Path, again: bool, at: Option<Timestamp>) -> BackendResult<bundle::Verified> {
-        let committed = Committed::load(&self.committed_path()).map_err(BackendError)?;
+        let committed = Committed::load(&self.committed_path()).map_err(BackendError::new)?;
         let exp = Expectations {
             compatible: self.compatible.clone(),
             last_committed: committed.version_for(&self.compatible).map(str::to_string),

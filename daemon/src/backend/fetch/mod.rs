@@ -92,11 +92,11 @@ impl std::fmt::Debug for Channel {
 
 /// A failure that retrying will not fix.
 fn fatal(msg: String) -> (bool, BackendError) {
-    (false, BackendError(msg))
+    (false, BackendError::new(msg))
 }
 
 fn transient(msg: String) -> (bool, BackendError) {
-    (true, BackendError(msg))
+    (true, BackendError::new(msg))
 }
 
 impl Channel {

@@ -266,7 +266,14 @@ pub(crate) async fn run(argv: &[String], extra: &[&str], input: Option<&str>) ->
     cmd.args(args).args(extra).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let shown = format!("{} {}", argv.join(" "), extra.join(" "));
-    let mut child = cmd.spawn().map_err(|e| BackendError::new(format!("cannot run {}: {e}", shown.trim())))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let msg = format!("cannot run {}: {e}", shown.trim());
+        if e.kind() == std::io::ErrorKind::NotFound {
+            BackendError::not_installed(msg)
+        } else {
+            BackendError::new(msg)
+        }
+    })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
         stdin
             .write_all(text.as_bytes())
@@ -301,7 +308,9 @@ pub async fn lift_leftovers(keep: Option<FirewallBackend>) -> (Vec<String>, Vec<
             Ok(r) if r.was_active => done.push(format!("{name}: lifted ({} packets dropped)", r.dropped_packets)),
             Ok(_) => done.push(format!("{name}: nothing left")),
             // The tool is not installed: nothing of this backend can be in place.
-            Err(e) if e.0.starts_with("cannot run ") => done.push(format!("{name}: not installed")),
+            Err(e) if e.kind() == crate::backend::ErrorKind::NotInstalled => {
+                done.push(format!("{name}: not installed"))
+            }
             Err(e) => errors.push(format!("{name}: {e}")),
         }
     }

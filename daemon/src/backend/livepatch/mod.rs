@@ -288,7 +288,7 @@ impl SysfsLivepatcher {
         if let Err(e) = revert {
             msg.push_str(&format!(" (revert failed: {e})"));
         }
-        Err(BackendError(msg))
+        Err(BackendError::new(msg))
     }
 
     /// Unloads the modules of patches an atomic replace released (their sysfs directory went, the module stays).
