@@ -1,6 +1,6 @@
 //! Fuzz target: libFuzzer's bytes drive the structure-aware generator (`bundle::fuzzing::shapes`), whose DER
 //! shapes reach deep into the CMS, certificate and trust checks; none of them may panic, and every refusal must
-//! carry a message. The proptest in `common/src/bundle/shapes.rs` runs the same generator in `cargo test`.
+//! carry a message. The proptest in `common/src/bundle/shapes/` runs the same generator in `cargo test`.
 #![no_main]
 
 use std::sync::OnceLock;
