@@ -20,3 +20,6 @@ bash yocto/check.sh
 bash common/fuzz/run.sh "${OTPATCH_FUZZ_SECONDS:-10}"
 # The real kernel: Debian's stock 6.1 in QEMU (TCG), livepatch load, atomic replace, stall and revert, vermagic.
 bash hil/run.sh
+# The gateway as it ships: a Debian systemd image with GRUB A/B slots under OVMF (hil/image/): the shipped unit
+# (Type=notify, watchdog, hardening) runs a whole window, the bus policy refuses nobody and allows group otpatch.
+bash hil/image/run.sh systemd

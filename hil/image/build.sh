@@ -117,14 +117,17 @@ install -D -m 0755 "$REL/otpatch-plcsim" "$ST/usr/bin/otpatch-plcsim"
 # The group otpatch is not added here: systemd-sysusers creates it from otpatch.conf at boot (the scenario
 # checks it). The Yocto image adds it at build time as well (useradd), for read-only root file systems.
 
-# ---- RAUC: meta-otpatch's system.conf template, filled in as its bbappend does.
-install -d "$ST/usr/lib/rauc"
+# ---- RAUC: meta-otpatch's system.conf template, filled in as its bbappend does. Into /etc/rauc: Debian's
+# RAUC 1.8 reads only /etc/rauc/system.conf ("Failed to load system config (/etc/rauc/system.conf)"
+# otherwise); newer RAUC also reads /usr/lib/rauc/system.conf, where meta-rauc's rauc-conf installs it. The
+# keyring (path=ca.cert.pem, next to it) is the site's signing root, put there per run by provisioning.
+install -d "$ST/etc/rauc"
 sed -e 's,@OTPATCH_COMPATIBLE@,hil-gw,g' -e 's,@OTPATCH_RAUC_BOOTLOADER@,grub,g' \
   -e 's,@OTPATCH_RAUC_SLOT_A@,/dev/disk/by-partlabel/rootfs-a,g' \
   -e 's,@OTPATCH_RAUC_SLOT_B@,/dev/disk/by-partlabel/rootfs-b,g' \
-  "$REPO/yocto/meta-otpatch/templates/rauc-conf/files/system.conf" >"$ST/usr/lib/rauc/system.conf"
+  "$REPO/yocto/meta-otpatch/templates/rauc-conf/files/system.conf" >"$ST/etc/rauc/system.conf"
 # bootloader=grub needs the environment file's path; on the ESP, as GRUB reads it.
-sed -i '/^bootloader=/a grubenv=/boot/efi/EFI/BOOT/grubenv' "$ST/usr/lib/rauc/system.conf"
+sed -i '/^bootloader=/a grubenv=/boot/efi/EFI/BOOT/grubenv' "$ST/etc/rauc/system.conf"
 
 # ---- the machine: mounts, network, console, and the test harness's units (hil/image/guest/).
 cat >"$ST/etc/fstab" <<'EOF'

@@ -55,18 +55,18 @@ host_start
 
 # site_tar SCENARIO OUT: the files provisioning puts under / in the guest: the site policy (host.sh's, for
 # this scenario's directory on the patch server), the trust anchor, the server CA, the client certificate
-# and key, the host's clock, and RAUC's keyring (system.conf: /usr/lib/rauc/ca.cert.pem): the same signing
+# and key, the host's clock, and RAUC's keyring (system.conf: /etc/rauc/ca.cert.pem): the same signing
 # root, since otpatchd and RAUC verify RAUC bundles against the site's anchor alike.
 site_tar() {
   local d="$HOST_DIR/overlay/image-$1"
   rm -rf "$d"
-  mkdir -p "$d/etc/otpatch" "$d/hil" "$d/usr/lib/rauc"
+  mkdir -p "$d/etc/otpatch" "$d/hil" "$d/etc/rauc"
   host_policy "image-$1" >"$d/etc/otpatch/policy.toml"
   cp "$HOST_DIR/pki/server-ca.pem" "$HOST_DIR/pki/client.pem" "$HOST_DIR/pki/signing-root.pem" "$d/etc/otpatch/"
   install -m 0600 "$HOST_DIR/pki/client.key" "$d/etc/otpatch/client.key"
-  cp "$HOST_DIR/pki/signing-root.pem" "$d/usr/lib/rauc/ca.cert.pem"
+  cp "$HOST_DIR/pki/signing-root.pem" "$d/etc/rauc/ca.cert.pem"
   printf 'HOST_EPOCH=%s\n' "$(date +%s)" >"$d/hil/host.env"
-  tar -C "$d" -cf "$2" --owner=0 --group=0 etc hil usr
+  tar -C "$d" -cf "$2" --owner=0 --group=0 etc hil
 }
 
 declare -a SUMMARY=()
