@@ -227,6 +227,13 @@ class GatewayImage(unittest.TestCase):
         self.assertIn("install -d ${D}${sysconfdir}/otpatch/policy.d", recipe)
         self.assertIn('install -d "$ST/etc/otpatch/policy.d"', build)
 
+    def test_no_second_mark_good(self):
+        # otpatchd marks ordinary boots good and the boot into an update only after its observation; meta-rauc's
+        # rauc-mark-good (recommended by rauc) would mark every boot good. Neither image may have it.
+        image = read(LAYER, "recipes-core", "images", "otpatch-gateway-image.bb")
+        self.assertIn("rauc-mark-good", bb_value(image, "BAD_RECOMMENDATIONS").split())
+        self.assertNotIn("mark-good", read(WS, "hil", "image", "rootfs.sh"))
+
 
 class CompletionsAndMan(unittest.TestCase):
     """The recipe asks otpatchctl for exactly the shells and pages the CLI offers."""
