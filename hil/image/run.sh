@@ -76,13 +76,20 @@ for s in "$@"; do
   rm -rf "$run"
   mkdir -p "$run"
   log="$B/logs/image-$s.log"
+  # A scenario that reboots the guest says so in its header ("hil-image: reboots"): QEMU then resets in place
+  # (the console log spans the boots) and the run may take four times as long.
+  limit=$TIMEOUT reboot=(-no-reboot)
+  if grep -q 'hil-image: reboots' "$IMG/scenarios/$s.sh"; then
+    reboot=()
+    ((limit >= 900)) || limit=900
+  fi
   t=$(date +%s%N)
   cp --sparse=always "$(readlink -f "$OUT/disk.img")" "$run/disk.img"
   cp "$OVMF_VARS" "$run/vars.fd"
   site_tar "$s" "$run/site.tar"
   [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
-  echo "=== image $s (bounded to ${TIMEOUT}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
-  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic -no-reboot
+  echo "=== image $s (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
+  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic "${reboot[@]}"
     -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
     -drive "if=pflash,format=raw,file=$run/vars.fd"
     -drive "file=$run/disk.img,format=raw,if=virtio"
@@ -93,7 +100,7 @@ for s in "$@"; do
   t=$(date +%s%N)
   # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
   # the run and stops QEMU itself.
-  setsid python3 "$HIL/tools/console.py" run --log "$log" --timeout "$TIMEOUT" -- qemu-system-x86_64 "${args[@]}" &
+  setsid python3 "$HIL/tools/console.py" run --log "$log" --timeout "$limit" -- qemu-system-x86_64 "${args[@]}" &
   QPID=$!
   rc=0
   wait "$QPID" || rc=$?

@@ -28,7 +28,8 @@ class Fact(dict):
 def parse(path):
     """(host ms, tag, text) of every HIL line; facts by topic."""
     lines, facts = [], []
-    for raw in open(path, errors="replace"):
+    # Only LF ends a line: the console carries bare CRs inside lines (GRUB, systemd status).
+    for raw in open(path, errors="replace", newline="\n"):
         m = LINE.match(raw.rstrip("\n").replace("\r", ""))
         if not m:
             continue
@@ -214,7 +215,32 @@ def judge_systemd(j, lines, facts):
     return fig
 
 
-JUDGES = {"systemd": judge_systemd}
+def judge_plain_reboots(j, lines, facts):
+    grub = [(h, t) for h, tag, t in lines if tag == "HIL-GRUB"]
+    chosen = [t for _, t in grub if t.startswith("slot=")]
+    resets = [t for _, t in grub if t.startswith("no bootable slot")]
+    boots = every(facts, "boot")
+    j.check("four-boots-reported", [b.get("n") for b in boots] == ["1", "2", "3", "4"],
+            "boots %s" % ",".join(b.get("n", "?") for b in boots))
+    j.check("grub-chose-A-every-time", chosen and all(c.startswith("slot=A ") for c in chosen),
+            " | ".join(c.split(" ")[0] for c in chosen))
+    j.check("grub-never-ran-out-of-slots", not resets, resets[0] if resets else "")
+    for b in boots:
+        n = b.get("n")
+        j.check("boot %s runs A (kernel and RAUC)" % n, b.get("cmdline_slot") == "A" and b.get("rauc_booted") == "A",
+                "rauc.slot=%s RAUC booted %s" % (b.get("cmdline_slot"), b.get("rauc_booted")))
+        j.check("boot %s: otpatchd active" % n, b.get("otpatchd") == "active", b.get("otpatchd", ""))
+        # Marked good on this boot: RAUC (from grubenv) calls A good only with A_OK=1 and A_TRY=0.
+        j.check("boot %s: A marked good (RAUC)" % n, b.get("a_status") == "good",
+                "A %s, B %s, primary %s; grubenv %s" % (b.get("a_status"), b.get("b_status"),
+                                                        b.get("rauc_primary") or "none", b.get("grubenv")))
+    fig = {}
+    for i, (h, t) in enumerate(grub, 1):
+        fig["GRUB #%d: %s" % (i, t[:56])] = h
+    return fig
+
+
+JUDGES = {"systemd": judge_systemd, "plain-reboots": judge_plain_reboots}
 
 
 def main():
@@ -224,7 +250,7 @@ def main():
     scenario, path, qemu_rc = sys.argv[1], sys.argv[2], sys.argv[3]
     lines, facts = parse(path)
     j = Judge(scenario)
-    end = next((t for _, tag, t in lines if tag == "HIL-END"), None)
+    end = next((t for _, tag, t in reversed(lines) if tag == "HIL-END"), None)
     j.check("qemu-exited-by-poweroff", qemu_rc == "0", "qemu exit %s%s" % (qemu_rc, " (timed out)" if qemu_rc == "124" else ""))
     j.check("scenario-ran-to-its-end", end is not None and end.startswith("rc=0"), end or "no HIL-END line")
     fig = JUDGES[scenario](j, lines, facts)
