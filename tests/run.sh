@@ -21,5 +21,6 @@ bash common/fuzz/run.sh "${OTPATCH_FUZZ_SECONDS:-10}"
 # The real kernel: Debian's stock 6.1 in QEMU (TCG), livepatch load, atomic replace, stall and revert, vermagic.
 bash hil/run.sh
 # The gateway as it ships: a Debian systemd image with GRUB A/B slots under OVMF (hil/image/): the shipped unit
-# (Type=notify, watchdog, hardening) runs a whole window, the bus policy refuses nobody and allows group otpatch.
-bash hil/image/run.sh systemd
+# (Type=notify, watchdog, hardening) runs a whole window, the bus policy refuses nobody and allows group otpatch;
+# three plain reboots stay on slot A (otpatchd marks ordinary boots good for RAUC's GRUB scheme).
+bash hil/image/run.sh systemd plain-reboots

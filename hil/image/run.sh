@@ -6,7 +6,7 @@
 # on the serial console, stamped with the host's arrival time by hil/tools/console.py); the host judges
 # them (hil/image/tools/judge.py), prints each scenario's checks and timeline, and exits 1 if one failed.
 #
-# usage: bash hil/image/run.sh [SCENARIO...]     (default: systemd; scenarios: hil/image/scenarios/*.sh)
+# usage: bash hil/image/run.sh [SCENARIO...]     (default: systemd plain-reboots; hil/image/scenarios/*.sh)
 # Environment: HIL_IMAGE_TIMEOUT=seconds per scenario (default 420), HIL_SKIP_BUILD=1 (use what is built).
 set -euo pipefail
 
@@ -38,7 +38,7 @@ command -v qemu-system-x86_64 >/dev/null ||
   { echo "qemu-system-x86_64 is missing: apt-get install -y --no-install-recommends qemu-system-x86" >&2; exit 2; }
 [[ -r $OVMF_CODE && -r $OVMF_VARS ]] || { echo "OVMF is missing: apt-get install -y ovmf" >&2; exit 2; }
 
-(($# > 0)) || set -- systemd
+(($# > 0)) || set -- systemd plain-reboots
 for s in "$@"; do
   [[ -f "$IMG/scenarios/$s.sh" ]] || { echo "unknown scenario: $s" >&2; exit 2; }
 done
@@ -76,11 +76,14 @@ for s in "$@"; do
   rm -rf "$run"
   mkdir -p "$run"
   log="$B/logs/image-$s.log"
-  # A scenario that reboots the guest says so in its header ("hil-image: reboots"): QEMU then resets in place
-  # (the console log spans the boots) and the run may take four times as long.
-  limit=$TIMEOUT reboot=(-no-reboot)
+  # A scenario that reboots the guest says so in its header ("hil-image: reboots"): when the guest restarts,
+  # QEMU exits (-no-reboot) and is started again on the same disk and firmware variables, up to 8 boots, the
+  # console logs one after the other in one file. A cold start instead of QEMU's reset in place: OVMF's reset
+  # path under TCG took 17-358 s to reach GRUB again (a cold start: 5-7 s); for what the guest and GRUB see it
+  # is the same reboot.
+  limit=$TIMEOUT max_boots=1
   if grep -q 'hil-image: reboots' "$IMG/scenarios/$s.sh"; then
-    reboot=()
+    max_boots=8
     ((limit >= 900)) || limit=900
   fi
   t=$(date +%s%N)
@@ -89,7 +92,7 @@ for s in "$@"; do
   site_tar "$s" "$run/site.tar"
   [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
   echo "=== image $s (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
-  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic "${reboot[@]}"
+  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic -no-reboot
     -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
     -drive "if=pflash,format=raw,file=$run/vars.fd"
     -drive "file=$run/disk.img,format=raw,if=virtio"
@@ -98,13 +101,24 @@ for s in "$@"; do
     -fw_cfg "name=opt/otpatch/scenario,file=$IMG/scenarios/$s.sh"
     -fw_cfg "name=opt/otpatch/site.tar,file=$run/site.tar")
   t=$(date +%s%N)
-  # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
-  # the run and stops QEMU itself.
-  setsid python3 "$HIL/tools/console.py" run --log "$log" --timeout "$limit" -- qemu-system-x86_64 "${args[@]}" &
-  QPID=$!
-  rc=0
-  wait "$QPID" || rc=$?
-  QPID=
+  : >"$log"
+  for ((boot = 1; ; boot++)); do
+    left=$(( limit - ($(date +%s%N) - t) / 1000000000 ))
+    ((left > 0)) || { rc=124; break; }
+    # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
+    # the boot and stops QEMU itself.
+    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" -- qemu-system-x86_64 "${args[@]}" &
+    QPID=$!
+    rc=0
+    wait "$QPID" || rc=$?
+    QPID=
+    echo "h=0 HIL-HOST event=qemu-start boot=$boot" >>"$log"
+    cat "$run/boot.log" >>"$log"
+    # The machine restarted (its kernel's "reboot: Restarting system", a panic's "Rebooting in N seconds", GRUB
+    # out of slots): boot it again.
+    ((rc == 0 && boot < max_boots)) || break
+    grep -q 'reboot: Restarting system\|Rebooting in [0-9]* seconds\|HIL-GRUB no bootable slot' "$run/boot.log" || break
+  done
   wall=$(( ($(date +%s%N) - t) / 1000000 ))
   verdict=PASS
   python3 "$IMG/tools/judge.py" "$s" "$log" "$rc" || verdict=FAIL
