@@ -156,7 +156,7 @@ EOF
   ln -f "$www/v2.otb" "$www/otpatchd-v1v2-next/v2.otb"
   local s f
   for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good otpatchd-v1v2:good \
-    otpatchd-criu:good otpatchd-criu-bad:good \
+    otpatchd-criu:good otpatchd-criu-bad:good image-systemd:good \
     otpatchd-tampered:tampered otpatchd-wrong-kernel:wrong-kernel otpatchd-badmagic:badmagic; do
     f="${s#*:}.otb"
     s="${s%%:*}"

@@ -414,6 +414,35 @@ fn bootloader_fallback_is_recognised_as_a_rollback() {
     assert_eq!(s.reboots(), 1);
 }
 
+/// Plain reboots, no window, no update: otpatchd marks the slot it runs good at every start, so a bootloader that
+/// gives each boot a limited number of tries (here 3; RAUC's GRUB scheme gives one) stays on it. Without that,
+/// the fourth plain boot would fall back to B (issue #18: who marks good on ordinary boots).
+#[test]
+fn ordinary_boots_mark_the_booted_slot_good_and_stay_on_it() {
+    let mut s = setup("never");
+    for n in 2..=6 {
+        let d = s.daemon("health=healthy");
+        let marks = s.rauc.log().matches("marked slot rootfs.0 as good").count();
+        assert!(
+            marks >= n - 1,
+            "boot {}: the booted slot was not marked good\n{}\n{}",
+            n - 1,
+            s.rauc.log(),
+            d.log_text()
+        );
+        let st = d.stop();
+        assert!(st.success() || st.code().is_some(), "otpatchd stop: {st:?}");
+        assert_eq!(
+            s.power_cycle("boot", &format!("boot-{n}")),
+            "A",
+            "plain boot {n} left slot A: {}",
+            s.rauc.bootstate()
+        );
+    }
+    assert_eq!(s.rauc.slot("rootfs.0")["boot_status"], "good");
+    assert_eq!(s.reboots(), 0);
+}
+
 /// Without reboot permission the update is staged: installed, primary for the next boot, no reboot.
 #[test]
 fn without_reboot_permission_the_update_is_staged_and_reported_pending() {
@@ -644,7 +673,8 @@ fn a_cancel_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
     assert!(outcome.starts_with("rolled-back: cancelled by uid"), "{outcome}\n{}", d.log_text());
     let log = d.log_text();
     let completed = log.find("RAUC Completed").unwrap_or_else(|| panic!("otpatchd did not wait for RAUC:\n{log}"));
-    let marked = log.find("RAUC slot marked").unwrap_or_else(|| panic!("no slot marked:\n{log}"));
+    // The installed slot's mark (the start marked the booted slot good, before the window).
+    let marked = log.find("marked slot rootfs.1 as bad").unwrap_or_else(|| panic!("slot B not marked bad:\n{log}"));
     assert!(completed < marked, "the slot was marked before RAUC finished:\n{log}");
     // RAUC did write the slot; it must never boot.
     assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
@@ -668,7 +698,8 @@ fn a_deadline_during_the_install_waits_for_rauc_then_marks_the_slot_bad() {
     assert_eq!(outcome, "rolled-back: window ended before the change was committed", "{}", d.log_text());
     let log = d.log_text();
     let completed = log.find("RAUC Completed").unwrap_or_else(|| panic!("otpatchd did not wait for RAUC:\n{log}"));
-    let marked = log.find("RAUC slot marked").unwrap_or_else(|| panic!("no slot marked:\n{log}"));
+    // The installed slot's mark (the start marked the booted slot good, before the window).
+    let marked = log.find("marked slot rootfs.1 as bad").unwrap_or_else(|| panic!("slot B not marked bad:\n{log}"));
     assert!(completed < marked, "the slot was marked before RAUC finished:\n{log}");
     assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");
     assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad", "{}\n{log}", s.rauc.bootstate());

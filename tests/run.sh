@@ -60,6 +60,10 @@ run_fuzz() {
 
 run_hil() {
   bash hil/run.sh
+  # The gateway as it ships: a Debian systemd image with GRUB A/B slots under OVMF (hil/image/): the shipped unit
+  # (Type=notify, watchdog, hardening) runs a whole window, the bus policy refuses nobody and allows group otpatch;
+  # three plain reboots stay on slot A (otpatchd marks ordinary boots good for RAUC's GRUB scheme).
+  bash hil/image/run.sh systemd plain-reboots
 }
 
 if [ "$layer" != all ]; then

@@ -186,6 +186,55 @@ class DistFiles(unittest.TestCase):
         self.assertIn("/etc/otpatch/policy.d", dirs)
 
 
+class GatewayImage(unittest.TestCase):
+    """hil/image (the gateway image booted in QEMU) installs the recipe's files from the same sources to the
+    same paths, so what the image proves is what the layer ships."""
+
+    # The layer's paths for a merged-/usr distro (what the image is).
+    PATHS = {"${systemd_system_unitdir}": "/usr/lib/systemd/system", "${datadir}": "/usr/share",
+             "${nonarch_libdir}": "/usr/lib", "${bindir}": "/usr/bin", "${sysconfdir}": "/etc"}
+    # Installed by the recipe, deliberately not in the image: package otpatchd-criu lifts the unit's
+    # sandboxing, and the image proves the shipped hardening.
+    NOT_IN_IMAGE = {"daemon/dist/otpatchd-criu.conf"}
+
+    def expand(self, path):
+        for var, value in self.PATHS.items():
+            path = path.replace(var, value)
+        return path
+
+    def test_image_installs_what_the_recipe_installs(self):
+        recipe = re.sub(r"\\\n\s*", " ", read(RECIPES, "otpatch_git.bb"))
+        from_recipe = set()
+        for mode, src, dest in re.findall(r"install -Dm (\d+) \$\{S\}/(\S+) \$\{D\}(\S+)", recipe):
+            if src not in self.NOT_IN_IMAGE:
+                from_recipe.add((src, self.expand(dest), mode))
+        # The unit goes through sed (bindir) and chmod 0644.
+        unit = re.search(r"\$\{S\}/(daemon/dist/otpatchd.service)\s*>\s*\$\{D\}(\S+)", recipe)
+        self.assertIsNotNone(unit, "the recipe no longer installs the unit with sed")
+        self.assertIn("chmod 0644 ${D}%s" % unit.group(2), recipe)
+        from_recipe.add((unit.group(1), self.expand(unit.group(2)), "0644"))
+        build = read(WS, "hil", "image", "build.sh")
+        block = re.search(r'^OTPATCH_FILES="\n(.*?)^"', build, re.M | re.S)
+        self.assertIsNotNone(block, "hil/image/build.sh has no OTPATCH_FILES list")
+        from_image = set()
+        for line in block.group(1).splitlines():
+            src, dest, mode = line.replace("$D/", "daemon/dist/").split()
+            from_image.add((src, dest, mode))
+        self.assertEqual(from_image, from_recipe, "hil/image/build.sh and otpatch_git.bb install different files")
+        # The programs and the site's drop-in directory, to the recipe's paths too.
+        for path in ("/usr/bin/otpatchd", "/usr/bin/otpatchctl"):
+            self.assertIn('"$ST%s"' % path, build)
+        self.assertIn("install -d ${D}${sysconfdir}/otpatch/policy.d", recipe)
+        self.assertIn('install -d "$ST/etc/otpatch/policy.d"', build)
+
+    def test_no_second_mark_good(self):
+        # otpatchd marks ordinary boots good and the boot into an update only after its observation; meta-rauc's
+        # rauc-mark-good (recommended by rauc) would mark every boot good. Neither image may have it.
+        image = read(LAYER, "recipes-core", "images", "otpatch-gateway-image.bb")
+        self.assertIn("rauc-mark-good", bb_value(image, "BAD_RECOMMENDATIONS").split())
+        self.assertNotIn("mark-good", read(WS, "hil", "image", "rootfs.sh"))
+
+
 class CompletionsAndMan(unittest.TestCase):
     """The recipe asks otpatchctl for exactly the shells and pages the CLI offers."""
 

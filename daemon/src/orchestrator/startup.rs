@@ -108,6 +108,7 @@ impl Orchestrator {
         me.recover().await;
         me.reapply_committed().await;
         me.confirm_staged().await;
+        me.confirm_booted().await;
         let handle = Handle { commands: cmd_tx, access_group: me.out.access_group.clone(), status: status_rx, notices };
         Ok((me, handle, cmd_rx))
     }
@@ -146,6 +147,23 @@ impl Orchestrator {
             self.feed(ev).await;
         }
         self.publish();
+    }
+
+    /// At start, after recovery and `confirm_staged`, with no window in progress: the slot the gateway runs came up
+    /// on an ordinary boot, so the bootloader is told it is good (the boot into an update is confirmed by its
+    /// observation only). A failure is reported, not fatal: the bootloader then falls back on the next boot.
+    pub(super) async fn confirm_booted(&mut self) {
+        if self.run.state.in_progress() {
+            return;
+        }
+        match self.policy.backends.ab_updater.confirm_booted().await {
+            Ok(Some(slot)) => info!(slot = %slot, "ordinary boot: the booted slot is marked good"),
+            Ok(None) => {}
+            Err(e) => {
+                error!(error = %e, "cannot mark the booted slot good: the bootloader may fall back on the next boot");
+                self.out.status.send_modify(|s| s.last_error = format!("marking the booted slot good: {e}"));
+            }
+        }
     }
 
     /// At start, with no window in progress: an A/B slot that a window staged (installed, reboot pending) and that

@@ -19,7 +19,11 @@
 //!   it (the journal is in `RollingBack`, so the next start finishes the rollback on the old slot).
 //! - `commit` marks the booted slot good, and only when it is the installed one.
 //!
-//! Boot-attempt counting stays with the bootloader: nothing here marks a slot good before the observation.
+//! Boot-attempt counting stays with the bootloader: nothing here marks a freshly installed slot good before the
+//! observation. On every other start (no window in progress, no staged slot running unconfirmed) the booted slot
+//! is marked good (`confirm_booted`): RAUC's GRUB scheme gives each boot one try, and a slot nobody marks good
+//! after a plain reboot is skipped on the next one. otpatchd is the one that marks good, so that the boot into
+//! an update is never confirmed by anything but its observation.
 
 pub mod proxy;
 
@@ -527,6 +531,43 @@ impl Patcher for RaucUpdater {
             )));
         }
         Ok((self.booted_slot().await? == r.bootname).then_some(r.bundle))
+    }
+
+    async fn confirm_booted(&self) -> BackendResult<Option<String>> {
+        if let Some(r) = self.load_record()? {
+            if !r.finished {
+                return Ok(None);
+            }
+        }
+        // Only on a gateway with RAUC: without it on the bus or activatable there are no slots to mark (and
+        // waiting for it would only delay the start).
+        let conn = tokio::time::timeout(self.limits.call, zbus::Connection::system())
+            .await
+            .map_err(|_| rauc_err("connection", "the system bus did not answer in time"))?
+            .map_err(|e| rauc_err("connection to the system bus", e))?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(|e| rauc_err("bus proxy", e))?;
+        let name = zbus::names::BusName::try_from(RAUC_BUS_NAME).map_err(|e| rauc_err("bus name", e))?;
+        let owned = self
+            .call("NameHasOwner", async { dbus.name_has_owner(name.clone()).await.map_err(zbus::Error::from) })
+            .await?;
+        if !owned {
+            let activatable = self
+                .call("ListActivatableNames", async { dbus.list_activatable_names().await.map_err(zbus::Error::from) })
+                .await?;
+            if !activatable.iter().any(|n| n.as_str() == RAUC_BUS_NAME) {
+                debug!("RAUC is not on this gateway: no slot to mark good");
+                return Ok(None);
+            }
+        }
+        let (p, booted) = self.settled_booted().await?;
+        if let Some(r) = self.load_record()? {
+            if r.bootname == booted {
+                // The installed slot, never confirmed: only its observation may keep it.
+                return Ok(None);
+            }
+        }
+        self.mark(&p, "good", "booted").await?;
+        Ok(Some(booted))
     }
 
     async fn booted_slot(&self) -> BackendResult<String> {

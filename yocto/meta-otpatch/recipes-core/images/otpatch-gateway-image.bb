@@ -12,6 +12,11 @@ REQUIRED_DISTRO_FEATURES = "systemd otpatch"
 
 IMAGE_FEATURES += "ssh-server-openssh"
 
+# meta-rauc recommends rauc-mark-good, a unit that marks the booted slot good on every boot, the boot into a
+# freshly installed slot included: that would keep an update before otpatchd's health observation. otpatchd
+# marks ordinary boots good itself (at start, when no update awaits its observation), so the unit stays out.
+BAD_RECOMMENDATIONS += "rauc-mark-good"
+
 IMAGE_INSTALL += "\
     otpatch \
     otpatch-bash-completion \

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Runs the gateway-image scenarios (hil/image/): builds what is missing (the busybox guest's kernel ABI and
+# livepatch modules, hil/build.sh; the image, hil/image/build.sh), starts the host's side once (hil/host.sh:
+# PKI, signed bundles and indexes, nginx with mutual TLS, the PLC simulator), then boots the image under
+# OVMF + GRUB once per scenario from a fresh copy of the disk. The guest only reports facts (HIL-FACT lines
+# on the serial console, stamped with the host's arrival time by hil/tools/console.py); the host judges
+# them (hil/image/tools/judge.py), prints each scenario's checks and timeline, and exits 1 if one failed.
+#
+# usage: bash hil/image/run.sh [SCENARIO...]     (default: systemd plain-reboots; hil/image/scenarios/*.sh)
+# Environment: HIL_IMAGE_TIMEOUT=seconds per scenario (default 420), HIL_SKIP_BUILD=1 (use what is built).
+set -euo pipefail
+
+IMG="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HIL="$(dirname "$IMG")"
+REPO="$(dirname "$HIL")"
+B="$HIL/build"
+OUT="$B/image"
+# shellcheck source=../host.sh
+. "$HIL/host.sh"
+TIMEOUT="${HIL_IMAGE_TIMEOUT:-420}"
+T_START=$(date +%s%N)
+OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
+OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+
+QPID=
+cleanup() {
+  if [[ -n "$QPID" ]] && kill -0 "$QPID" 2>/dev/null; then
+    # console.py stops its QEMU when told to.
+    kill "$QPID" 2>/dev/null || true
+    wait "$QPID" 2>/dev/null || true
+  fi
+  host_stop
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+command -v qemu-system-x86_64 >/dev/null ||
+  { echo "qemu-system-x86_64 is missing: apt-get install -y --no-install-recommends qemu-system-x86" >&2; exit 2; }
+[[ -r $OVMF_CODE && -r $OVMF_VARS ]] || { echo "OVMF is missing: apt-get install -y ovmf" >&2; exit 2; }
+
+(($# > 0)) || set -- systemd plain-reboots
+for s in "$@"; do
+  [[ -f "$IMG/scenarios/$s.sh" ]] || { echo "unknown scenario: $s" >&2; exit 2; }
+done
+
+if [[ "${HIL_SKIP_BUILD:-0}" != 1 ]]; then
+  (cd "$REPO" && cargo build --release --quiet -p otpatchd -p otpatchctl -p otpatch-plcsim)
+  bash "$HIL/build.sh"
+  bash "$IMG/build.sh"
+fi
+[[ -s "$OUT/disk.img" ]] || { echo "no image in $OUT: run hil/image/build.sh" >&2; exit 2; }
+
+mkdir -p "$B/logs"
+host_start
+
+# site_tar SCENARIO OUT: the files provisioning puts under / in the guest: the site policy (host.sh's, for
+# this scenario's directory on the patch server), the trust anchor, the server CA, the client certificate
+# and key, the host's clock, and RAUC's keyring (system.conf: /etc/rauc/ca.cert.pem): the same signing
+# root, since otpatchd and RAUC verify RAUC bundles against the site's anchor alike.
+site_tar() {
+  local d="$HOST_DIR/overlay/image-$1"
+  rm -rf "$d"
+  mkdir -p "$d/etc/otpatch" "$d/hil" "$d/etc/rauc"
+  host_policy "image-$1" >"$d/etc/otpatch/policy.toml"
+  cp "$HOST_DIR/pki/server-ca.pem" "$HOST_DIR/pki/client.pem" "$HOST_DIR/pki/signing-root.pem" "$d/etc/otpatch/"
+  install -m 0600 "$HOST_DIR/pki/client.key" "$d/etc/otpatch/client.key"
+  cp "$HOST_DIR/pki/signing-root.pem" "$d/etc/rauc/ca.cert.pem"
+  printf 'HOST_EPOCH=%s\n' "$(date +%s)" >"$d/hil/host.env"
+  tar -C "$d" -cf "$2" --owner=0 --group=0 etc hil
+}
+
+declare -a SUMMARY=()
+FAILED=0
+for s in "$@"; do
+  run="$OUT/run-$s"
+  rm -rf "$run"
+  mkdir -p "$run"
+  log="$B/logs/image-$s.log"
+  # A scenario that reboots the guest says so in its header ("hil-image: reboots"): when the guest restarts,
+  # QEMU exits (-no-reboot) and is started again on the same disk and firmware variables, up to 8 boots, the
+  # console logs one after the other in one file. A cold start instead of QEMU's reset in place: OVMF's reset
+  # path under TCG took 17-358 s to reach GRUB again (a cold start: 5-7 s); for what the guest and GRUB see it
+  # is the same reboot.
+  limit=$TIMEOUT max_boots=1
+  if grep -q 'hil-image: reboots' "$IMG/scenarios/$s.sh"; then
+    max_boots=8
+    ((limit >= 900)) || limit=900
+  fi
+  t=$(date +%s%N)
+  cp --sparse=always "$(readlink -f "$OUT/disk.img")" "$run/disk.img"
+  cp "$OVMF_VARS" "$run/vars.fd"
+  site_tar "$s" "$run/site.tar"
+  [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
+  echo "=== image $s (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
+  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic -no-reboot
+    -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
+    -drive "if=pflash,format=raw,file=$run/vars.fd"
+    -drive "file=$run/disk.img,format=raw,if=virtio"
+    # User networking: the guest reaches the host's 127.0.0.1 services as 10.0.2.2.
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=
+    -fw_cfg "name=opt/otpatch/scenario,file=$IMG/scenarios/$s.sh"
+    -fw_cfg "name=opt/otpatch/site.tar,file=$run/site.tar")
+  t=$(date +%s%N)
+  : >"$log"
+  for ((boot = 1; ; boot++)); do
+    left=$(( limit - ($(date +%s%N) - t) / 1000000000 ))
+    ((left > 0)) || { rc=124; break; }
+    # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
+    # the boot and stops QEMU itself.
+    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" -- qemu-system-x86_64 "${args[@]}" &
+    QPID=$!
+    rc=0
+    wait "$QPID" || rc=$?
+    QPID=
+    echo "h=0 HIL-HOST event=qemu-start boot=$boot" >>"$log"
+    cat "$run/boot.log" >>"$log"
+    # The machine restarted (its kernel's "reboot: Restarting system", a panic's "Rebooting in N seconds", GRUB
+    # out of slots): boot it again.
+    ((rc == 0 && boot < max_boots)) || break
+    grep -q 'reboot: Restarting system\|Rebooting in [0-9]* seconds\|HIL-GRUB no bootable slot' "$run/boot.log" || break
+  done
+  wall=$(( ($(date +%s%N) - t) / 1000000 ))
+  verdict=PASS
+  python3 "$IMG/tools/judge.py" "$s" "$log" "$rc" || verdict=FAIL
+  [[ $verdict == PASS ]] || { FAILED=1; tail -n 30 "$log" | tr -d '\r' | sed 's/^/    | /'; }
+  echo "    -> $verdict, wall ${wall} ms"
+  SUMMARY+=("$(printf 'image-%-20s %-5s %7d ms' "$s" "$verdict" "$wall")")
+  rm -rf "$run"
+done
+
+echo "=== summary"
+printf '%s\n' "${SUMMARY[@]}"
+echo "total $(( ($(date +%s%N) - T_START) / 1000000 )) ms"
+exit "$FAILED"
