@@ -24,6 +24,10 @@
 //! is marked good (`confirm_booted`): RAUC's GRUB scheme gives each boot one try, and a slot nobody marks good
 //! after a plain reboot is skipped on the next one. otpatchd is the one that marks good, so that the boot into
 //! an update is never confirmed by anything but its observation.
+//!
+//! One piece (about 600 lines): every method reads and writes the same install record and the same RAUC slot
+//! states, and each step (install, reboot, confirm, mark good, revert) is only safe in the light of the others;
+//! the D-Bus proxy is apart in `proxy.rs`, the tests against the real RAUC service in `tests/rauc.rs`.
 
 pub mod proxy;
 
