@@ -419,13 +419,18 @@ impl<'t> Checker<'_> {
         }
     }
 
+    /// Where a path the policy names is looked up: under `file_root` (empty: "/").
+    fn under_root(&self, path: &Path) -> PathBuf {
+        let root = if self.opts.file_root.as_os_str().is_empty() { Path::new("/") } else { &self.opts.file_root };
+        root.join(path.strip_prefix("/").unwrap_or(path))
+    }
+
     /// With `check_files`, that a file the policy names can be opened (under `file_root`).
     fn check_file(&mut self, at: At, key: String, path: &Path) {
         if !self.opts.check_files {
             return;
         }
-        let root = if self.opts.file_root.as_os_str().is_empty() { Path::new("/") } else { &self.opts.file_root };
-        let full = root.join(path.strip_prefix("/").unwrap_or(path));
+        let full = self.under_root(path);
         let shown = if full == path {
             format!("{:?}", path.display().to_string())
         } else {
@@ -446,10 +451,8 @@ impl<'t> Checker<'_> {
         if !self.opts.check_files {
             return;
         }
-        let root = if self.opts.file_root.as_os_str().is_empty() { Path::new("/") } else { &self.opts.file_root };
-        let under = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
-        let files: Vec<PathBuf> = anchors.iter().map(|p| under(p)).collect();
-        let (crl, issuer) = (under(crl), crl_issuer.map(under));
+        let files: Vec<PathBuf> = anchors.iter().map(|p| self.under_root(p)).collect();
+        let (crl, issuer) = (self.under_root(crl), crl_issuer.map(|p| self.under_root(p)));
         // A file that is missing was reported already.
         if !files.iter().chain([&crl]).chain(issuer.iter()).all(|f| f.is_file()) {
             return;
