@@ -53,6 +53,20 @@ pub struct Reapplied {
     pub result: Result<bool, crate::backend::BackendError>,
 }
 
+impl Reapplied {
+    /// Its audit record (`policy` says which policy it was re-verified under, when not the one in force); `None`
+    /// when it was in place already and nothing was done.
+    pub fn audit_event(&self, policy: Option<&str>) -> Option<otpatch_common::audit::AuditEvent> {
+        use otpatch_common::audit::AuditEvent;
+        let (version, digest) = (self.bundle.version.clone(), self.bundle.digest.clone());
+        match &self.result {
+            Ok(false) => None,
+            Ok(true) => Some(AuditEvent::BootReapply { version, digest, policy: policy.map(str::to_string) }),
+            Err(e) => Some(AuditEvent::BootReapplyFailed { version, error: e.to_string() }),
+        }
+    }
+}
+
 /// Puts back every committed livepatch the kernel does not have (after a reboot), from its bundle, re-verified
 /// as of its commit by `patcher`. What this gateway committed as an A/B image is the bootloader's to keep.
 pub async fn reapply_livepatches(
@@ -126,6 +140,33 @@ impl Committed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reapply_is_audited_unless_it_was_in_place() {
+        use otpatch_common::audit::AuditEvent;
+        let c = CommittedBundle {
+            version: "1.0.0".into(),
+            digest: "ab".into(),
+            kind: PatchKind::Livepatch,
+            path: "/b.otb".into(),
+            signer: "s".into(),
+            committed_at: Timestamp::UNIX_EPOCH,
+        };
+        let r = |result| Reapplied { compatible: "gw".into(), bundle: c.clone(), result };
+        assert_eq!(r(Ok(false)).audit_event(None), None);
+        assert_eq!(
+            r(Ok(true)).audit_event(Some("last good")),
+            Some(AuditEvent::BootReapply {
+                version: "1.0.0".into(),
+                digest: "ab".into(),
+                policy: Some("last good".into())
+            })
+        );
+        assert_eq!(
+            r(Err(crate::backend::BackendError::new("no"))).audit_event(None),
+            Some(AuditEvent::BootReapplyFailed { version: "1.0.0".into(), error: "no".into() })
+        );
+    }
 
     fn bundle(v: &str) -> VerifiedBundle {
         VerifiedBundle {

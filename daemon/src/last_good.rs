@@ -15,7 +15,6 @@ use otpatch_common::policy::Settings;
 use crate::audit::AuditLog;
 use crate::backend::{Clock, Patcher};
 use crate::committed::{reapply_livepatches, Committed};
-use otpatch_common::audit::AuditEvent;
 
 pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("policy-last-good.json")
@@ -53,26 +52,18 @@ pub async fn reapply_under_invalid_policy(state_dir: &Path, patcher: Arc<dyn Pat
     let progress: crate::backend::ProgressFn = Arc::new(|_, _| {});
     let mut lines = Vec::new();
     for r in reapply_livepatches(&committed, patcher.as_ref(), progress).await {
-        let event = match &r.result {
-            Ok(false) => {
-                lines.push(format!("{} in place", r.bundle.version));
-                continue;
-            }
+        match &r.result {
+            Ok(false) => lines.push(format!("{} in place", r.bundle.version)),
             Ok(true) => {
                 lines.push(format!("{} re-applied", r.bundle.version));
                 tracing::info!(version = %r.bundle.version, "committed livepatch re-applied under the last good policy");
-                AuditEvent::BootReapply {
-                    version: r.bundle.version.clone(),
-                    digest: r.bundle.digest.clone(),
-                    policy: Some("last good (the policy in force is invalid)".into()),
-                }
             }
             Err(e) => {
                 lines.push(format!("{} NOT re-applied: {e}", r.bundle.version));
                 tracing::error!(version = %r.bundle.version, error = %e, "could not re-apply the committed livepatch");
-                AuditEvent::BootReapplyFailed { version: r.bundle.version.clone(), error: e.to_string() }
             }
-        };
+        }
+        let Some(event) = r.audit_event(Some("last good (the policy in force is invalid)")) else { continue };
         if let Some(a) = audit.as_mut() {
             let (kind, detail) = event.kind_and_detail();
             if let Err(e) = a.append(clock.now(), &kind, None, None, detail) {

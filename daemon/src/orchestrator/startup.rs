@@ -216,24 +216,15 @@ impl Orchestrator {
         };
         let patcher = self.policy.backends.livepatcher.clone();
         for r in crate::committed::reapply_livepatches(&committed, patcher.as_ref(), self.progress_fn()).await {
+            if let Some(event) = r.audit_event(None) {
+                self.audit_log(None, None, event);
+            }
             let (compatible, c) = (r.compatible, r.bundle);
             match r.result {
                 Ok(false) => {}
-                Ok(true) => {
-                    info!(version = %c.version, "committed livepatch re-applied at start");
-                    self.audit_log(
-                        None,
-                        None,
-                        AuditEvent::BootReapply { version: c.version.clone(), digest: c.digest.clone(), policy: None },
-                    );
-                }
+                Ok(true) => info!(version = %c.version, "committed livepatch re-applied at start"),
                 Err(e) => {
                     error!(version = %c.version, error = %e, "could not re-apply the committed livepatch");
-                    self.audit_log(
-                        None,
-                        None,
-                        AuditEvent::BootReapplyFailed { version: c.version.clone(), error: e.to_string() },
-                    );
                     let why = format!("{} ({compatible}): {e}", c.version);
                     self.out.status.send_modify(|s| {
                         s.last_error = format!("re-applying {}: {e}", c.version);
