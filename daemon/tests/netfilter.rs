@@ -521,12 +521,12 @@ fn dns_answer(q: &[u8]) -> Option<Vec<u8>> {
     }
     let qtype = u16::from_be_bytes([*q.get(at)?, *q.get(at + 1)?]);
     let question = q.get(12..at + 4)?;
-    let rdata: Vec<u8> = match (labels.join(".") == DNS_NAME, qtype) {
+    let known = labels.join(".") == DNS_NAME;
+    let rdata: Vec<u8> = match (known, qtype) {
         (true, 1) => vec![198, 18, 1, 2],
         (true, 28) => "fd00:18:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec(),
         _ => vec![],
     };
-    let known = labels.join(".") == DNS_NAME;
     let mut r = Vec::new();
     r.extend_from_slice(q.get(0..2)?);
     // A response, recursion desired and available; rcode 3 (no such name) for a name it does not know.

@@ -2,6 +2,10 @@
 //! reboots into it (inside the window, when the policy allows), and the slot is kept only after the health
 //! observation passed there.
 //!
+//! One piece (about 600 lines): every method reads and writes the same install record and the same RAUC slot
+//! states, and each step (install, reboot, confirm, mark good, revert) is only safe in the light of the others;
+//! the D-Bus proxy is apart in `proxy.rs`, the tests against the real RAUC service in `tests/rauc.rs`.
+//!
 //! What the updater remembers between boots is one small record, `<state>/ab-install.json`: which window installs
 //! which bundle (as verified) into which slot, from which slot, and whether RAUC was seen to finish. It is written
 //! *before* `InstallBundle` (`finished: false`) and again once RAUC reported the install complete and the slot
@@ -24,10 +28,6 @@
 //! is marked good (`confirm_booted`): RAUC's GRUB scheme gives each boot one try, and a slot nobody marks good
 //! after a plain reboot is skipped on the next one. otpatchd is the one that marks good, so that the boot into
 //! an update is never confirmed by anything but its observation.
-//!
-//! One piece (about 600 lines): every method reads and writes the same install record and the same RAUC slot
-//! states, and each step (install, reboot, confirm, mark good, revert) is only safe in the light of the others;
-//! the D-Bus proxy is apart in `proxy.rs`, the tests against the real RAUC service in `tests/rauc.rs`.
 
 pub mod proxy;
 
