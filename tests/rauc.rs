@@ -358,6 +358,7 @@ fn installs_into_the_other_slot_reboots_and_marks_it_good_after_observation() {
     let d = s.daemon(&format!("bundle={},health=healthy", b.display()));
     let outcome = s.outcome(&d, Duration::from_secs(60));
     assert_eq!(outcome, "committed 2.1.0", "{}", d.log_text());
+    assert_eq!(s.status()["booted_slot"], "B", "otpatchctl status must name the slot RAUC booted");
     assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "good");
     assert_eq!(s.rauc.primary(), "rootfs.1");
     assert!(s.rauc.bootstate().contains("state_B=good"), "{}", s.rauc.bootstate());
@@ -391,6 +392,7 @@ fn health_failure_on_the_new_slot_marks_it_bad_and_boots_the_old_one() {
     let d = s.daemon(&format!("bundle={},health=fail", b.display()));
     let outcome = s.outcome(&d, Duration::from_secs(60));
     assert!(outcome.starts_with("rolled-back: health failed"), "{outcome}\n{}", d.log_text());
+    assert_eq!(s.status()["booted_slot"], "A", "otpatchctl status must name the slot the rollback runs on");
     assert_eq!(s.rauc.slot("rootfs.1")["boot_status"], "bad");
     assert_eq!(s.rauc.primary(), "rootfs.0");
     assert_eq!(s.reboots(), 2, "no third reboot");
@@ -441,6 +443,42 @@ fn ordinary_boots_mark_the_booted_slot_good_and_stay_on_it() {
     }
     assert_eq!(s.rauc.slot("rootfs.0")["boot_status"], "good");
     assert_eq!(s.reboots(), 0);
+}
+
+/// A power cut in a window before its change (otpatchd killed right after it journaled `checkpointed`): the next
+/// boot recovers the window (rolled back, nothing was handed to RAUC) and must still tell the bootloader that the
+/// slot it runs came up, or a bootloader that gives each boot one try (RAUC's GRUB scheme) has no slot left on
+/// the next plain reboot. Found on the gateway image (`hil/image/run.sh lp-powercut@applying`: slot A `bad` after
+/// the recovering boot of a livepatch window); the same start-up path serves both kinds of window.
+#[test]
+fn a_boot_that_recovers_a_window_still_marks_the_booted_slot_good() {
+    let mut s = setup("in-window");
+    let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
+    let mut d = s.spawn(&format!("bundle={}", b.display()), "journal:checkpointed=crash").on_bus(&s.bus);
+    s.schedule();
+    let st = d.wait_exit(Duration::from_secs(60));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(9),
+        "otpatchd should have crashed at checkpointed: {}",
+        d.log_text()
+    );
+    let marks = s.rauc.log().matches("marked slot rootfs.0 as good").count();
+    assert_eq!(s.power_cycle("boot", "boot-2"), "A");
+    assert!(s.rauc.bootstate().contains("tries_A=2"), "the boot used one try: {}", s.rauc.bootstate());
+
+    let d = s.daemon(&format!("bundle={}", b.display()));
+    let outcome = s.outcome(&d, Duration::from_secs(60));
+    assert!(outcome.starts_with("rolled-back: daemon restarted"), "{outcome}\n{}", d.log_text());
+    assert!(
+        s.rauc.log().matches("marked slot rootfs.0 as good").count() > marks,
+        "the recovering boot did not mark the booted slot good\n{}\n{}",
+        s.rauc.log(),
+        d.log_text()
+    );
+    assert!(s.rauc.bootstate().contains("tries_A=3"), "{}", s.rauc.bootstate());
+    assert_eq!(s.status()["booted_slot"], "A");
+    assert_eq!(s.rauc.primary(), "rootfs.0");
 }
 
 /// Without reboot permission the update is staged: installed, primary for the next boot, no reboot.

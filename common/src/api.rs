@@ -261,6 +261,10 @@ pub struct StatusSnapshot {
     /// (`otpatchctl retry VERSION` allows it).
     #[serde(default)]
     pub rolled_back: Vec<RolledBackVersion>,
+    /// The boot name of the A/B slot this gateway runs from, as RAUC told otpatchd this boot (`A`, `B`); empty on
+    /// a gateway without slots, or before otpatchd asked.
+    #[serde(default)]
+    pub booted_slot: String,
 }
 
 /// A version a window rolled back on this gateway, as `<state>/rolled-back.json` keeps it.

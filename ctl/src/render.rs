@@ -104,6 +104,9 @@ pub fn status(s: &StatusSnapshot, now: Timestamp, tz: &TimeZone) -> String {
     rows.push(("Progress", progress_line(s.progress_percent, &s.progress_message).unwrap_or_else(|| "-".into())));
     rows.push(("Last error", or_none(&s.last_error).to_string()));
     rows.push(("Last outcome", or_none(&s.last_outcome).to_string()));
+    if !s.booted_slot.is_empty() {
+        rows.push(("Booted slot", s.booted_slot.clone()));
+    }
     let seg = if s.segmentation_active {
         let backend =
             if s.segmentation_backend.is_empty() { String::new() } else { format!(" ({})", s.segmentation_backend) };
@@ -340,6 +343,7 @@ mod tests {
             segmentation_ruleset: String::new(),
             committed_not_in_place: vec![],
             rolled_back: vec![],
+            booted_slot: "B".into(),
         }
     }
 
@@ -401,6 +405,7 @@ Next window:    weekly-sun@2026-12-06 (starts 2026-12-06 02:00 +01:00, in 4d23h)
 Progress:       [##########----------]  50% observing health
 Last error:     none
 Last outcome:   committed
+Booted slot:    B
 Segmentation:   active (nftables), 17 packets dropped
 Policy files:   /etc/otpatch/policy.toml
                 /etc/otpatch/policy.d/10-line3.toml
@@ -454,6 +459,7 @@ Policy files:   /etc/otpatch/policy.toml
         assert!(text.contains("Progress:       -\n"), "{text}");
         assert!(text.contains("Last error:     fetch failed: connection refused\n"), "{text}");
         assert!(text.contains("Segmentation:   off\n"), "{text}");
+        assert!(!text.contains("Booted slot"), "a gateway without slots shows none: {text}");
         assert!(text.contains("Policy files:   none\n"), "{text}");
     }
 

@@ -196,17 +196,22 @@ pub trait Patcher: Send + Sync {
     async fn unconfirmed(&self) -> BackendResult<Option<VerifiedBundle>> {
         Ok(None)
     }
-    /// On an ordinary start (no window in progress, no staged change running unconfirmed): tells the bootloader
-    /// that the slot the system runs from came up, so that a bootloader giving each boot one try (RAUC's GRUB
-    /// scheme) or a few does not fall back on the next plain reboot. Returns the boot name of the slot marked
-    /// good, `None` when there is nothing to mark (no slots, no A/B updater on this gateway, an install whose
-    /// end nobody saw, which only a rollback settles).
+    /// At every start, after recovery: tells the bootloader that the slot the system runs from came up, so that a
+    /// bootloader giving each boot one try (RAUC's GRUB scheme) or a few does not fall back on the next plain
+    /// reboot. Never for the boot into a slot an update installed (only its observation keeps it) or after an
+    /// install whose end nobody saw (only a rollback settles it). Returns the boot name of the slot marked good,
+    /// `None` when there is nothing to mark (no slots, no A/B updater on this gateway, or one of those two).
     async fn confirm_booted(&self) -> BackendResult<Option<String>> {
         Ok(None)
     }
     /// The boot name of the slot the system runs from (A/B updaters only).
     async fn booted_slot(&self) -> BackendResult<String> {
         Err(BackendError::new("this patcher has no slots"))
+    }
+    /// The boot name of the booted slot as far as this patcher learned it this boot, without asking anyone (for
+    /// the status); `None` before it asked, or without slots.
+    fn booted_slot_seen(&self) -> Option<String> {
+        None
     }
 }
 

@@ -149,13 +149,13 @@ impl Orchestrator {
         self.publish();
     }
 
-    /// At start, after recovery and `confirm_staged`, with no window in progress: the slot the gateway runs came up
-    /// on an ordinary boot, so the bootloader is told it is good (the boot into an update is confirmed by its
-    /// observation only). A failure is reported, not fatal: the bootloader then falls back on the next boot.
+    /// At start, after recovery and `confirm_staged`: the slot the gateway runs came up, so the bootloader is told
+    /// it is good — also when this boot recovers a window (a power cut in a livepatch window, or in an A/B window
+    /// before its install: the slot did not change, and leaving it unmarked would leave a one-try bootloader
+    /// nothing to boot next time). The boot into a freshly installed slot, or after an install nobody saw end, is
+    /// never marked here: the A/B updater refuses those by its install record, so that slot is kept only by its
+    /// observation. A failure is reported, not fatal: the bootloader then falls back on the next boot.
     pub(super) async fn confirm_booted(&mut self) {
-        if self.run.state.in_progress() {
-            return;
-        }
         match self.policy.backends.ab_updater.confirm_booted().await {
             Ok(Some(slot)) => info!(slot = %slot, "ordinary boot: the booted slot is marked good"),
             Ok(None) => {}

@@ -21,6 +21,7 @@ impl Orchestrator {
         };
         let sources: Vec<String> = self.policy.settings.sources.iter().map(|p| p.display().to_string()).collect();
         let gateway = self.policy.settings.gateway.id.clone();
+        let booted_slot = self.policy.backends.ab_updater.booted_slot_seen().unwrap_or_default();
         self.out.status.send_if_modified(|s| {
             let mut n = s.clone();
             n.version = env!("CARGO_PKG_VERSION").into();
@@ -32,6 +33,7 @@ impl Orchestrator {
             n.next_window_start = next.as_ref().map(|o| o.start.as_second()).unwrap_or(0);
             n.policy_sources = sources;
             n.segmentation_active = self.run.segmented;
+            n.booted_slot = booted_slot;
             if n != *s {
                 *s = n;
                 true

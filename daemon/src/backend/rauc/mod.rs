@@ -113,6 +113,8 @@ pub struct RaucUpdater {
     failpoints: Failpoints,
     /// The install task started last (it outlives the window's apply future).
     running: Arc<Mutex<Option<InstallResult>>>,
+    /// The booted slot's boot name, once RAUC said it (for the status).
+    booted: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RaucUpdater {
@@ -148,6 +150,7 @@ impl RaucUpdater {
             check: None,
             failpoints: Failpoints::default(),
             running: Arc::new(Mutex::new(None)),
+            booted: Arc::default(),
         }
     }
 
@@ -183,8 +186,17 @@ impl RaucUpdater {
     /// Waits (bounded) until RAUC is idle; returns it with the boot name of the slot the system runs from.
     async fn settled_booted(&self) -> BackendResult<(InstallerProxy<'static>, String)> {
         let p = self.settled().await?;
-        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        let booted = self.boot_slot(&p).await?;
         Ok((p, booted))
+    }
+
+    /// RAUC's `BootSlot`, remembered for the status.
+    async fn boot_slot(&self, p: &InstallerProxy<'static>) -> BackendResult<String> {
+        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        if let Ok(mut seen) = self.booted.lock() {
+            *seen = Some(booted.clone());
+        }
+        Ok(booted)
     }
 
     /// The slot the bootloader boots next: its name and, if it has one, its boot name.
@@ -452,7 +464,7 @@ impl Patcher for RaucUpdater {
         // slots are touched: this daemon's install task first, then RAUC itself, each within the install limit.
         self.install_ended().await;
         let p = self.settled_within(self.limits.install).await?;
-        let booted = self.call("BootSlot", p.boot_slot()).await?;
+        let booted = self.boot_slot(&p).await?;
         let Some(r) = self.load_record()? else {
             // Nothing of ours was handed to RAUC (the apply failed before InstallBundle): make sure the running
             // slot stays the one to boot.
@@ -577,6 +589,10 @@ impl Patcher for RaucUpdater {
     async fn booted_slot(&self) -> BackendResult<String> {
         // At boot RAUC may still be starting (or be bus-activated by this call): it is waited for.
         Ok(self.settled_booted().await?.1)
+    }
+
+    fn booted_slot_seen(&self) -> Option<String> {
+        self.booted.lock().ok().and_then(|s| s.clone())
     }
 }
 
