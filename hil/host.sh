@@ -115,15 +115,15 @@ host_bundle() {
     host_die "otpatchctl bundle create $1 failed"
 }
 
-# host_index DIR FILE [VERSION [AGE]]: DIR/index.json naming DIR/FILE, issued AGE seconds ago (default 60),
-# and its detached CMS signature.
+# host_index DIR FILE [VERSION [AGE [KIND]]]: DIR/index.json naming DIR/FILE (of KIND, default livepatch),
+# issued AGE seconds ago (default 60), and its detached CMS signature.
 host_index() {
-  local dir=$1 file=$2 version=${3:-$HOST_VERSION} age=${4:-60} now issued expires
+  local dir=$1 file=$2 version=${3:-$HOST_VERSION} age=${4:-60} kind=${5:-livepatch} now issued expires
   now=$(date +%s)
   issued=$(date -u -d "@$((now - age))" +%Y-%m-%dT%H:%M:%SZ)
   expires=$(date -u -d "@$((now + 86400))" +%Y-%m-%dT%H:%M:%SZ)
-  printf '{"format":1,"issued":"%s","expires":"%s","bundles":[{"compatible":"%s","version":"%s","kind":"livepatch","file":"%s","size":%s,"sha256":"%s"}]}\n' \
-    "$issued" "$expires" "$HOST_COMPATIBLE" "$version" "$file" "$(stat -c %s "$dir/$file")" \
+  printf '{"format":1,"issued":"%s","expires":"%s","bundles":[{"compatible":"%s","version":"%s","kind":"%s","file":"%s","size":%s,"sha256":"%s"}]}\n' \
+    "$issued" "$expires" "$HOST_COMPATIBLE" "$version" "$kind" "$file" "$(stat -c %s "$dir/$file")" \
     "$(sha256sum "$dir/$file" | cut -d' ' -f1)" >"$dir/index.json"
   openssl cms -sign -binary -outform DER -in "$dir/index.json" -signer "$HOST_DIR/pki/signer.pem" \
     -inkey "$HOST_DIR/pki/signer.key" -out "$dir/index.json.sig" || host_die "signing $dir/index.json failed"
@@ -156,7 +156,7 @@ EOF
   ln -f "$www/v2.otb" "$www/otpatchd-v1v2-next/v2.otb"
   local s f
   for s in otpatchd-happy:good otpatchd-health-rollback:good otpatchd-reboot:good otpatchd-v1v2:good \
-    otpatchd-criu:good otpatchd-criu-bad:good image-systemd:good \
+    otpatchd-criu:good otpatchd-criu-bad:good image-systemd:good image-lp-powercut:good \
     otpatchd-tampered:tampered otpatchd-wrong-kernel:wrong-kernel otpatchd-badmagic:badmagic; do
     f="${s#*:}.otb"
     s="${s%%:*}"
@@ -268,6 +268,10 @@ host_stop() {
 # ---------------------------------------------------------------- per scenario
 # host_policy SCENARIO: the gateway's site policy, as the guest reads it from /etc/otpatch/policy.toml.
 host_policy() {
+  # The A/B scenarios of the image observe for 30 s: the guest's harness must see the observation on the new
+  # slot (and break the PLC during it) after the boot, which takes seconds under TCG.
+  local observation=5s
+  [[ $1 != image-ab-* ]] || observation=30s
   cat <<EOF
 # Made by hil/host.sh for scenario $1.
 [gateway]
@@ -292,7 +296,7 @@ address = "10.0.2.2"
 port = $HOST_PLC_PORT
 
 [rollback]
-observation = "5s"
+observation = "$observation"
 
 [probe.hil-temp]
 tcp = "10.0.2.2:$HOST_PLC_PORT"
@@ -303,6 +307,15 @@ interval = "500ms"
 trip_after = 2
 EOF
   case $1 in
+    image-ab-*)
+      cat <<EOF
+
+# The image's slots: the window may reboot the gateway into the updated slot (logind), inside the window.
+[ab]
+reboot = "in-window"
+reboot_timeout = "3m"
+EOF
+      ;;
     otpatchd-criu | otpatchd-criu-bad)
       # The guest's own PLC is a critical process (found by its executable; the bad cases point the
       # pidfile at one process or another), probed over the guest's loopback.

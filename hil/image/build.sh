@@ -8,6 +8,9 @@
 #   rootfs-KEY/      rootfs.sh's output; KEY = sha256 of rootfs.sh and the kernel ABI
 #   disk-KEY2.img    the disk (sparse); KEY2 = sha256 of KEY, the binaries and every file put into the image
 #   disk.img         a link to the newest disk-KEY2.img (run.sh copies it per boot)
+#   update-KEY2/     what RAUC bundles for the A/B scenarios carry (run.sh signs them per run, with its PKI):
+#     full.ext4      slot A's file system as image version 2.0.0 (an update that boots and runs otpatchd)
+#     panic.ext4     a kernel and initramfs and no init: a slot whose system never comes up (panic=5 reboots)
 #
 # usage: bash hil/image/build.sh    (root; needs mmdebstrap, mtools, dosfstools, fdisk, e2fsprogs,
 #                                    grub-efi-amd64-bin, grub-common, and target/release/ built)
@@ -67,9 +70,11 @@ INPUTS=("$REL/otpatchd" "$REL/otpatchctl" "$REL/otpatch-plcsim" "$IMG/build.sh"
 mapfile -t -O "${#INPUTS[@]}" INPUTS < <(find "$REPO/daemon/dist" "$IMG/guest" "$IMG/grub" -type f | LC_ALL=C sort)
 KEY2="$( { echo "$KEY"; sha256sum "${INPUTS[@]}" | cut -d' ' -f1; } | sha256sum | cut -c1-16)"
 DISK="$OUT/disk-$KEY2.img"
-if [[ -s "$DISK" ]]; then
+UPD="$OUT/update-$KEY2"
+if [[ -s "$DISK" && -s "$UPD/full.ext4" && -s "$UPD/panic.ext4" ]]; then
   say "disk: up to date ($KEY2)"
   ln -sf "$(basename "$DISK")" "$OUT/disk.img"
+  ln -sfn "$(basename "$UPD")" "$OUT/update"
   exit 0
 fi
 
@@ -162,10 +167,14 @@ install -D -m 0644 "$IMG/guest/hil-provision.service" "$ST/usr/lib/systemd/syste
 install -D -m 0644 "$IMG/guest/hil-runner.service" "$ST/usr/lib/systemd/system/hil-runner.service"
 ln -sf /usr/lib/systemd/system/hil-provision.service "$ST/etc/systemd/system/multi-user.target.wants/"
 ln -sf /usr/lib/systemd/system/hil-runner.service "$ST/etc/systemd/system/multi-user.target.wants/"
+install -D -m 0644 "$IMG/guest/lib.sh" "$ST/usr/lib/otpatch-hil/lib.sh"
+# Which image a slot holds: the A/B scenarios tell the installed update from the original by it.
+echo 1.0.0 >"$ST/usr/lib/otpatch-hil/image-version"
 
 # ---------------------------------------------------------------- file systems
 # Sizes in MiB; the GPT's partitions start at 1 MiB and follow each other.
-ESP_MB=64 SLOT_MB=1024 DATA_MB=256
+# The data partition holds /var/lib/otpatch, where a RAUC bundle is downloaded before it is installed.
+ESP_MB=64 SLOT_MB=1024 DATA_MB=1024
 t=$(date +%s%N)
 mkfs.ext4 -q -F -L rootfs-a -d "$ST" "$W/a.img" "${SLOT_MB}M" || die "mkfs.ext4 slot A failed"
 mkfs.ext4 -q -F -L rootfs-b "$W/b.img" "${SLOT_MB}M" || die "mkfs.ext4 slot B failed"
@@ -173,6 +182,20 @@ install -d -m 0755 "$W/data"
 install -d -m 0750 "$W/data/otpatch"
 mkfs.ext4 -q -F -L data -d "$W/data" "$W/data.img" "${DATA_MB}M" || die "mkfs.ext4 data failed"
 say "file systems: slots and data in $(ms "$t") ms"
+
+# The updates' file systems, sized to their content (RAUC copies the image into the 1 GiB slot as it is).
+t=$(date +%s%N)
+rm -rf "$OUT"/update-*
+mkdir -p "$UPD.tmp"
+echo 2.0.0 >"$ST/usr/lib/otpatch-hil/image-version"
+mkfs.ext4 -q -F -L rootfs -d "$ST" "$UPD.tmp/full.ext4" "$(( $(du -sm "$ST" | cut -f1) * 112 / 100 + 48 ))M" ||
+  die "mkfs.ext4 of the update failed"
+install -d "$W/panic/boot"
+cp -a "$ST"/boot/vmlinuz-* "$ST"/boot/initrd.img-* "$W/panic/boot/"
+cp -a "$ST/vmlinuz" "$ST/initrd.img" "$W/panic/"
+mkfs.ext4 -q -F -L rootfs -d "$W/panic" "$UPD.tmp/panic.ext4" 64M || die "mkfs.ext4 of the panic image failed"
+mv "$UPD.tmp" "$UPD"
+say "updates: full $(( $(stat -c %s "$UPD/full.ext4") >> 20 )) MiB, panic $(( $(stat -c %s "$UPD/panic.ext4") >> 20 )) MiB in $(ms "$t") ms"
 
 # ESP: the standalone GRUB (its embedded config finds the ESP by label and loads grub.cfg from it), grub.cfg,
 # and grubenv with slot A good and first in ORDER.
@@ -213,5 +236,6 @@ for old in "$OUT"/disk-*.img; do
   [[ "$old" == "$DISK" ]] || rm -f "$old"
 done
 ln -sf "$(basename "$DISK")" "$OUT/disk.img"
+ln -sfn "$(basename "$UPD")" "$OUT/update"
 rm -rf "$W"
 say "disk: $DISK ($TOTAL_MB MiB, $(du -m "$DISK" | cut -f1) MiB allocated) in $(ms "$t") ms; total $(ms "$T0") ms"

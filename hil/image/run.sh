@@ -6,7 +6,9 @@
 # on the serial console, stamped with the host's arrival time by hil/tools/console.py); the host judges
 # them (hil/image/tools/judge.py), prints each scenario's checks and timeline, and exits 1 if one failed.
 #
-# usage: bash hil/image/run.sh [SCENARIO...]     (default: systemd plain-reboots; hil/image/scenarios/*.sh)
+# usage: bash hil/image/run.sh [SCENARIO...]     (hil/image/scenarios/*.sh; default: CI's list below)
+#   A scenario with a "hil-image: cut" header runs as NAME@STATE: the power is cut when otpatchd reaches STATE.
+#   "powercut" stands for every NAME@STATE of the power-cut matrix (POWERCUT_LP, POWERCUT_AB below).
 # Environment: HIL_IMAGE_TIMEOUT=seconds per scenario (default 420), HIL_SKIP_BUILD=1 (use what is built).
 set -euo pipefail
 
@@ -37,11 +39,33 @@ trap 'exit 130' INT TERM
 command -v qemu-system-x86_64 >/dev/null ||
   { echo "qemu-system-x86_64 is missing: apt-get install -y --no-install-recommends qemu-system-x86" >&2; exit 2; }
 [[ -r $OVMF_CODE && -r $OVMF_VARS ]] || { echo "OVMF is missing: apt-get install -y ovmf" >&2; exit 2; }
+command -v rauc >/dev/null || { echo "rauc is missing (it makes the A/B scenarios' bundles): apt-get install -y rauc squashfs-tools" >&2; exit 2; }
 
-(($# > 0)) || set -- systemd plain-reboots
+# The power-cut matrix (issue #18, scenario 5): every state otpatchd journals in a livepatch window and in an
+# A/B window (observing and committed on the A/B path are on the new slot, after the reboot).
+POWERCUT_LP="armed segmented fetched verified checkpointed applying observing committed"
+POWERCUT_AB="armed segmented fetched verified checkpointed applying rebooting observing committed"
+# CI's list: the systemd unit, the three A/B scenarios (ab-reboot has the plain reboots before and after the
+# update) and a fixed subset of the matrix: a cut in a livepatch's apply (about 26 minutes in all). A cut between
+# the RAUC install and its reboot (ab-powercut@rebooting, 7 minutes) and the rest of the matrix run by hand.
+(($# > 0)) || set -- systemd ab-reboot ab-health ab-panic lp-powercut@applying
+declare -a LIST=()
 for s in "$@"; do
-  [[ -f "$IMG/scenarios/$s.sh" ]] || { echo "unknown scenario: $s" >&2; exit 2; }
+  if [[ $s == powercut ]]; then
+    for st in $POWERCUT_LP; do LIST+=("lp-powercut@$st"); done
+    for st in $POWERCUT_AB; do LIST+=("ab-powercut@$st"); done
+    continue
+  fi
+  [[ -f "$IMG/scenarios/${s%@*}.sh" ]] || { echo "unknown scenario: ${s%@*}" >&2; exit 2; }
+  if grep -q '^# *hil-image: cut' "$IMG/scenarios/${s%@*}.sh"; then
+    [[ $s == *@?* ]] || { echo "$s needs the state to cut the power at: $s@STATE" >&2; exit 2; }
+  fi
+  LIST+=("$s")
 done
+set -- "${LIST[@]}"
+mkdir -p "$B/logs"
+export HIL_MATRIX="$B/logs/image-powercut-matrix.txt"
+: >"$HIL_MATRIX"
 
 if [[ "${HIL_SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release --quiet -p otpatchd -p otpatchctl -p otpatch-plcsim)
@@ -52,6 +76,36 @@ fi
 
 mkdir -p "$B/logs"
 host_start
+
+# A scenario's header lines "hil-image: WHAT ARGS" say what it needs from the host beyond host.sh's defaults:
+#   hil-image: reboots                      the guest restarts (QEMU is started again, up to 8 boots)
+#   hil-image: rauc-bundle IMAGE VERSION    its patch server directory serves a RAUC bundle of build.sh's update
+#                                           image IMAGE (full, panic) as VERSION, signed with this run's PKI
+#   hil-image: inject REGEX COMMAND...      the first console line matching REGEX (in each boot) makes the host
+#                                           send COMMAND to the PLC simulator's control port
+header() { sed -n "s/^# *hil-image: $2 *//p" "$IMG/scenarios/$1.sh" | head -n1; }
+
+# rauc_bundle IMAGE VERSION: prints the path of the RAUC bundle (verity, as system.conf allows only that) of
+# update image IMAGE at VERSION, made once per run.
+rauc_bundle() {
+  local out="$HOST_DIR/raucb/$1-$2.raucb" c="$HOST_DIR/raucb/$1-$2.d" t
+  if [[ ! -s $out ]]; then
+    t=$(date +%s%N)
+    [[ -s "$OUT/update/$1.ext4" ]] || host_die "no update image $1 in $OUT/update: run hil/image/build.sh"
+    mkdir -p "$c"
+    ln -f "$OUT/update/$1.ext4" "$c/rootfs.ext4" 2>/dev/null || cp --sparse=always "$OUT/update/$1.ext4" "$c/rootfs.ext4"
+    printf '[update]\ncompatible=%s\nversion=%s\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n' \
+      "$HOST_COMPATIBLE" "$2" >"$c/manifest.raucm"
+    # gzip (mksquashfs's default), the compression otpatchd's verifier reads the manifest from; level 1 makes
+    # the bundle in a third of the time of the default 9, a few MiB larger.
+    rauc bundle --cert "$HOST_DIR/pki/signer.pem" --key "$HOST_DIR/pki/signer.key" \
+      --mksquashfs-args="-comp gzip -Xcompression-level 1" "$c" "$out" >"$out.log" 2>&1 ||
+      { cat "$out.log" >&2; host_die "rauc bundle $1 $2 failed"; }
+    rm -rf "$c"
+    host_say "RAUC bundle $1 $2: $(( $(stat -c %s "$out") >> 20 )) MiB in $(( ($(date +%s%N) - t) / 1000000 )) ms" >&2
+  fi
+  echo "$out"
+}
 
 # site_tar SCENARIO OUT: the files provisioning puts under / in the guest: the site policy (host.sh's, for
 # this scenario's directory on the patch server), the trust anchor, the server CA, the client certificate
@@ -72,6 +126,10 @@ site_tar() {
 declare -a SUMMARY=()
 FAILED=0
 for s in "$@"; do
+  # NAME@STATE: scenario NAME, power cut at STATE.
+  cut_at=
+  [[ $s != *@* ]] || cut_at=${s#*@}
+  name=${s%@*}
   run="$OUT/run-$s"
   rm -rf "$run"
   mkdir -p "$run"
@@ -82,14 +140,28 @@ for s in "$@"; do
   # path under TCG took 17-358 s to reach GRUB again (a cold start: 5-7 s); for what the guest and GRUB see it
   # is the same reboot.
   limit=$TIMEOUT max_boots=1
-  if grep -q 'hil-image: reboots' "$IMG/scenarios/$s.sh"; then
+  read -r image version <<<"$(header "$name" rauc-bundle)"
+  if [[ -n ${version:-} ]]; then
+    b=$(rauc_bundle "$image" "$version")
+    mkdir -p "$HOST_DIR/www/image-$name"
+    ln -f "$b" "$HOST_DIR/www/image-$name/os-$version.raucb"
+    host_index "$HOST_DIR/www/image-$name" "os-$version.raucb" "$version" 60 ab
+  fi
+  inject=()
+  read -r regex cmd <<<"$(header "$name" inject)"
+  [[ -z ${cmd:-} ]] || inject=(--inject "$regex" "$HOST_PLC_CONTROL" "$cmd")
+  # The cut: otpatchctl watch's transition into the state, or the state poll's first sight of it (the state may
+  # be there already when the poll starts after a boot), on whichever boot it comes; once per run.
+  cut=()
+  [[ -z $cut_at ]] || cut=(--cut "(-> $cut_at \\(|HIL-STATE ms=[0-9]+ $cut_at\$)")
+  if grep -q 'hil-image: reboots' "$IMG/scenarios/$name.sh"; then
     max_boots=8
-    ((limit >= 900)) || limit=900
+    ((limit >= 1200)) || limit=1200
   fi
   t=$(date +%s%N)
   cp --sparse=always "$(readlink -f "$OUT/disk.img")" "$run/disk.img"
   cp "$OVMF_VARS" "$run/vars.fd"
-  site_tar "$s" "$run/site.tar"
+  site_tar "$name" "$run/site.tar"
   [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
   echo "=== image $s (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
   args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic -no-reboot
@@ -98,7 +170,7 @@ for s in "$@"; do
     -drive "file=$run/disk.img,format=raw,if=virtio"
     # User networking: the guest reaches the host's 127.0.0.1 services as 10.0.2.2.
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=
-    -fw_cfg "name=opt/otpatch/scenario,file=$IMG/scenarios/$s.sh"
+    -fw_cfg "name=opt/otpatch/scenario,file=$IMG/scenarios/$name.sh"
     -fw_cfg "name=opt/otpatch/site.tar,file=$run/site.tar")
   t=$(date +%s%N)
   : >"$log"
@@ -107,13 +179,18 @@ for s in "$@"; do
     ((left > 0)) || { rc=124; break; }
     # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
     # the boot and stops QEMU itself.
-    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" -- qemu-system-x86_64 "${args[@]}" &
+    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" "${inject[@]}" "${cut[@]}" -- qemu-system-x86_64 "${args[@]}" &
     QPID=$!
     rc=0
     wait "$QPID" || rc=$?
     QPID=
     echo "h=0 HIL-HOST event=qemu-start boot=$boot" >>"$log"
     cat "$run/boot.log" >>"$log"
+    # The power was cut (console.py exits 3): it comes back, once.
+    if ((rc == 3 && boot < max_boots)); then
+      cut=()
+      continue
+    fi
     # The machine restarted (its kernel's "reboot: Restarting system", a panic's "Rebooting in N seconds", GRUB
     # out of slots): boot it again.
     ((rc == 0 && boot < max_boots)) || break
@@ -124,11 +201,16 @@ for s in "$@"; do
   python3 "$IMG/tools/judge.py" "$s" "$log" "$rc" || verdict=FAIL
   [[ $verdict == PASS ]] || { FAILED=1; tail -n 30 "$log" | tr -d '\r' | sed 's/^/    | /'; }
   echo "    -> $verdict, wall ${wall} ms"
-  SUMMARY+=("$(printf 'image-%-20s %-5s %7d ms' "$s" "$verdict" "$wall")")
+  SUMMARY+=("$(printf 'image-%-28s %-5s %7d ms' "$s" "$verdict" "$wall")")
   rm -rf "$run"
 done
 
 echo "=== summary"
 printf '%s\n' "${SUMMARY[@]}"
+if [[ -s $HIL_MATRIX ]]; then
+  # judge.py wrote one line per power-cut run: path, state, outcome after the next boot, verdict.
+  echo "=== power cut at every state: path x state -> outcome ($(grep -c ' PASS$' "$HIL_MATRIX")/$(wc -l <"$HIL_MATRIX") consistent)"
+  cat "$HIL_MATRIX"
+fi
 echo "total $(( ($(date +%s%N) - T_START) / 1000000 )) ms"
 exit "$FAILED"

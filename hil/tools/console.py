@@ -16,7 +16,10 @@
       host read N holding registers from S over Modbus TCP (function 3), then
       write V to register R (function 6) when asked, and log
           HIL-HOST event=modbus tag=T values=V0,V1,... ok=1|0 rtt_ms=N
-      Exit status: QEMU's, or 124 on timeout.
+      With --cut REGEX, the first line matching REGEX makes the host kill QEMU
+      at once (SIGKILL: no shutdown, the guest's unwritten data is lost, as in a
+      power cut), log "HIL-HOST event=power-cut line=..." and exit 3.
+      Exit status: QEMU's, 3 after a power cut, or 124 on timeout.
 
   timeline LOG
       Prints the window's timeline from the HIL-WATCH / HIL-STATE / HIL-HOST
@@ -101,7 +104,7 @@ def ask_modbus(addr, m):
 
 
 def cmd_run(argv):
-    log = timeout = modbus = None
+    log = timeout = modbus = cut = None
     injects = []
     while argv and argv[0] != "--":
         a = argv.pop(0)
@@ -111,12 +114,14 @@ def cmd_run(argv):
             timeout = float(argv.pop(0))
         elif a == "--modbus":
             modbus = argv.pop(0)
+        elif a == "--cut":
+            cut = re.compile(argv.pop(0))
         elif a == "--inject":
             injects.append([re.compile(argv.pop(0)), argv.pop(0), argv.pop(0)])
         else:
             die("unknown option %s" % a)
     if not argv or log is None or timeout is None:
-        die("usage: run --log LOG --timeout SECS [--inject REGEX ADDR CMD] [--modbus ADDR] -- ARGV...")
+        die("usage: run --log LOG --timeout SECS [--inject REGEX ADDR CMD] [--modbus ADDR] [--cut REGEX] -- ARGV...")
     argv.pop(0)
 
     t0 = time.monotonic()
@@ -141,7 +146,7 @@ def cmd_run(argv):
         out.write("h=%d %s\n" % (ms(), text))
 
     buf = b""
-    timed_out = False
+    timed_out = cut_off = False
     fd = proc.stdout.fileno()
     while True:
         left = timeout - (time.monotonic() - t0)
@@ -159,6 +164,11 @@ def cmd_run(argv):
             raw, buf = buf.split(b"\n", 1)
             line = raw.decode(errors="replace").rstrip("\r")
             emit(line)
+            if cut is not None and cut.search(line):
+                proc.kill()
+                cut_off = True
+                emit('HIL-HOST event=power-cut line="%s"' % line.replace('"', "'")[-120:])
+                break
             for inj in injects:
                 if inj[0] is not None and inj[0].search(line):
                     inj[0] = None  # once
@@ -167,14 +177,19 @@ def cmd_run(argv):
             ask = ASK_MODBUS.search(line) if modbus else None
             if ask:
                 emit(ask_modbus(modbus, ask))
+        if cut_off:
+            # What QEMU wrote after the line that cut it is not the machine's: it was already gone.
+            buf = b""
+            break
     if buf:
         emit(buf.decode(errors="replace").rstrip("\r"))
     if timed_out:
         emit("HIL-HOST event=timeout after=%ds" % timeout)
         proc.kill()
     rc = proc.wait()
+    emit("HIL-HOST event=qemu-exit rc=%d" % rc)
     out.close()
-    sys.exit(124 if timed_out else rc)
+    sys.exit(124 if timed_out else 3 if cut_off else rc)
 
 
 LINE = re.compile(r"^h=(\d+) .*?(HIL-[A-Z]+) (.*)$")

@@ -9,16 +9,8 @@
 #            CMS verifier, the module load and transition, Modbus probes), committed
 #   security systemd-analyze security otpatchd
 #   watchdog systemctl kill -s STOP otpatchd; until systemd's watchdog has restarted it (new pid, active)
-set -uo pipefail
-# Fact values are printed through unquoted $(q ...) expansions: no globbing of their text.
-set -f
-
-up() { awk '{printf "%d", $1 * 1000}' /proc/uptime; }
-fact() { echo "HIL-FACT $* up_ms=$(up)"; }
-# one line, quotes and backslashes removed
-oneline() { tr '\n\t"\\' '    ' | tr -s ' ' | sed 's/ $//' | cut -c1-400; }
-# q TEXT: TEXT as one quoted fact value
-q() { printf '"%s"' "$(oneline <<<"$1")"; }
+# lib.sh: -u, pipefail, noglob (fact values are printed through unquoted $(q ...) expansions), fact, q, oneline.
+. /usr/lib/otpatch-hil/lib.sh
 unit() {
   systemctl show otpatchd -p Type,NotifyAccess,ActiveState,SubState,MainPID,NRestarts,WatchdogUSec,Result \
     -p ExecMainStartTimestampMonotonic,ActiveEnterTimestampMonotonic,InactiveExitTimestampMonotonic | tr '\n' ' '

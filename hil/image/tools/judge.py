@@ -8,6 +8,7 @@ started). The guest reports facts only (HIL-FACT TOPIC key=value ... up_ms=N, HI
 HIL-JOURNAL, HIL-SECURITY, HIL-GRUB, HIL-END); every check is decided here. Prints one line per check,
 the timeline and the figures; exit 0 when every check passed, 1 otherwise.
 """
+import os
 import re
 import sys
 
@@ -17,17 +18,20 @@ KV = re.compile(r'([A-Za-z_][\w.-]*)=("([^"]*)"|(\S*))')
 
 
 class Fact(dict):
-    def __init__(self, topic, host_ms, text):
+    def __init__(self, topic, host_ms, text, boot=1):
         super().__init__()
         self.topic = topic
         self.h = host_ms
+        # Which start of QEMU (a reboot starts it again: "HIL-HOST event=qemu-start boot=N" opens each one).
+        self.boot = boot
         for m in KV.finditer(text):
             self[m.group(1)] = m.group(3) if m.group(3) is not None else m.group(4)
 
 
 def parse(path):
-    """(host ms, tag, text) of every HIL line; facts by topic."""
-    lines, facts = [], []
+    """(host ms, tag, text) of every HIL line; facts by topic; (boot, host ms, tag, text) of every line."""
+    lines, facts, blines = [], [], []
+    boot = 1
     # Only LF ends a line: the console carries bare CRs inside lines (GRUB, systemd status).
     for raw in open(path, errors="replace", newline="\n"):
         m = LINE.match(raw.rstrip("\n").replace("\r", ""))
@@ -37,11 +41,14 @@ def parse(path):
         if not t:
             continue
         h, tag, text = int(m.group(1)), t.group(1), t.group(2)
+        if tag == "HIL-HOST" and text.startswith("event=qemu-start "):
+            boot = num(Fact("", h, text).get("boot"), boot)
         lines.append((h, tag, text))
+        blines.append((boot, h, tag, text))
         if tag == "HIL-FACT":
             topic, _, rest = text.partition(" ")
-            facts.append(Fact(topic, h, rest))
-    return lines, facts
+            facts.append(Fact(topic, h, rest, boot))
+    return lines, facts, blines
 
 
 class Judge:
@@ -215,32 +222,233 @@ def judge_systemd(j, lines, facts):
     return fig
 
 
-def judge_plain_reboots(j, lines, facts):
-    grub = [(h, t) for h, tag, t in lines if tag == "HIL-GRUB"]
-    chosen = [t for _, t in grub if t.startswith("slot=")]
-    resets = [t for _, t in grub if t.startswith("no bootable slot")]
-    boots = every(facts, "boot")
-    j.check("four-boots-reported", [b.get("n") for b in boots] == ["1", "2", "3", "4"],
-            "boots %s" % ",".join(b.get("n", "?") for b in boots))
-    j.check("grub-chose-A-every-time", chosen and all(c.startswith("slot=A ") for c in chosen),
-            " | ".join(c.split(" ")[0] for c in chosen))
-    j.check("grub-never-ran-out-of-slots", not resets, resets[0] if resets else "")
-    for b in boots:
-        n = b.get("n")
-        j.check("boot %s runs A (kernel and RAUC)" % n, b.get("cmdline_slot") == "A" and b.get("rauc_booted") == "A",
-                "rauc.slot=%s RAUC booted %s" % (b.get("cmdline_slot"), b.get("rauc_booted")))
-        j.check("boot %s: otpatchd active" % n, b.get("otpatchd") == "active", b.get("otpatchd", ""))
-        # Marked good on this boot: RAUC (from grubenv) calls A good only with A_OK=1 and A_TRY=0.
-        j.check("boot %s: A marked good (RAUC)" % n, b.get("a_status") == "good",
-                "A %s, B %s, primary %s; grubenv %s" % (b.get("a_status"), b.get("b_status"),
-                                                        b.get("rauc_primary") or "none", b.get("grubenv")))
+def grub_choices(j):
+    """{boot: the HIL-GRUB line of that start of QEMU}."""
+    out = {}
+    for b, _, tag, t in j.blines:
+        if tag == "HIL-GRUB":
+            out.setdefault(b, t)
+    return out
+
+
+def states(j, boot):
+    """The otpatchd states the guest saw in one boot, in order, with their host ms."""
+    return [(h, t.split(" ", 1)[1] if " " in t else t) for b, h, tag, t in j.blines if b == boot and tag == "HIL-STATE"]
+
+
+def last_h(j, boot):
+    return max((h for b, h, _, _ in j.blines if b == boot), default=-1)
+
+
+def qemu_exit(j, boot):
+    """When QEMU ended that boot (console.py's "HIL-HOST event=qemu-exit"), else its last line."""
+    return next((h for b, h, tag, t in j.blines if b == boot and tag == "HIL-HOST" and t.startswith("event=qemu-exit")),
+                last_h(j, boot))
+
+
+def check_slot(j, f, label, slot, image, good=True):
+    """A boot's report: the kernel, RAUC and otpatchctl status agree on the slot; the image it runs."""
+    j.check("%s: runs %s (kernel, RAUC, otpatchctl status)" % (label, slot),
+            f.get("cmdline_slot") == slot and f.get("rauc_booted") == slot and f.get("status_slot") == slot,
+            "rauc.slot=%s RAUC %s status %s" % (f.get("cmdline_slot"), f.get("rauc_booted"), f.get("status_slot")))
+    j.check("%s: image %s" % (label, image), f.get("image") == image, "image %s" % f.get("image"))
+    if good:
+        j.check("%s: %s marked good (RAUC)" % (label, slot), f.get("%s_status" % slot.lower()) == "good",
+                "A %s, B %s; grubenv %s" % (f.get("a_status"), f.get("b_status"), f.get("grubenv")))
+
+
+def env(f):
+    """grubenv as RAUC left it, from a report."""
+    return dict(kv.split("=", 1) for kv in f.get("grubenv", "").split() if "=" in kv)
+
+
+def window_on_a(j, facts, after, wb=1):
+    """The window of an A/B scenario, on boot `wb` (A): it installs into B and asks logind for the reboot.
+    `after` is the first report after it (its audit log)."""
+    b1 = first(facts, "boot", n=str(wb))
+    check_slot(j, b1, "run %d" % wb, "A", "1.0.0")
+    j.check("window-scheduled", first(facts, "window-scheduled").get("rc") == "0",
+            first(facts, "window-scheduled").get("id", ""))
+    seen = [t for _, t in states(j, wb)]
+    j.check("boot %d: window reached applying" % wb, "applying" in seen, " -> ".join(seen))
+    # The journal line of the request, when the console got it before the shutdown stopped the script (a figure
+    # only: the audit record after the reboot is the proof).
+    asked = [f for f in every(facts, "reboot-asked") if f.boot == wb]
+    kinds = after.get("kinds", "").split(",")
+    j.check("audit: reboot-requested recorded", "reboot-requested" in kinds, after.get("kinds", "")[:120])
+    j.check("no error reported", not every(facts, "error"), ",".join(f.get("what", "") for f in every(facts, "error")))
+    g = grub_choices(j)
+    j.check("GRUB boot %d chose B (installed, primary)" % (wb + 1), g.get(wb + 1, "").startswith("slot=B "),
+            g.get(wb + 1, "none"))
     fig = {}
-    for i, (h, t) in enumerate(grub, 1):
-        fig["GRUB #%d: %s" % (i, t[:56])] = h
+    app = next((h for h, t in states(j, wb) if t == "applying"), None)
+    arm = next((h for h, t in states(j, wb) if t in ("armed", "arming")), None)
+    if arm is not None and app is not None:
+        fig["window: armed -> applying (download, verify)"] = app - arm
+    down = asked[0].h if asked else None
+    if app is not None:
+        fig["window: applying -> QEMU exit (RAUC install, logind reboot, shutdown)"] = qemu_exit(j, wb) - app
+    if app is not None and down is not None:
+        fig["window: applying -> reboot asked (RAUC install)"] = down - app
+    if down is not None:
+        fig["window: reboot asked -> QEMU exit (shutdown)"] = qemu_exit(j, wb) - down
+    return fig, down
+
+
+def judge_ab_reboot(j, lines, facts):
+    boots = every(facts, "boot")
+    j.check("eight runs reported", [b.get("n") for b in boots] == [str(i) for i in range(1, 9)],
+            ",".join(b.get("n", "?") for b in boots))
+    g = grub_choices(j)
+    # Three plain reboots before the update: boots 1-4 on A.
+    for b in (1, 2, 3):
+        f = first(facts, "boot", n=str(b))
+        j.check("GRUB boot %d chose A" % b, g.get(b, "").startswith("slot=A "), g.get(b, "none"))
+        check_slot(j, f, "before the update, boot %d" % b, "A", "1.0.0")
+    j.check("GRUB boot 4 chose A", g.get(4, "").startswith("slot=A "), g.get(4, "none"))
+    fig, reb = window_on_a(j, facts, first(facts, "committed", n="5"), wb=4)
+    obs = first(facts, "observing", n="5")
+    check_slot(j, obs, "observing on B", "B", "2.0.0", good=False)
+    e = env(obs)
+    j.check("observing: B not yet good (B_TRY=1, RAUC: not good)", e.get("B_TRY") == "1" and obs.get("b_status") != "good",
+            "B %s; grubenv %s" % (obs.get("b_status"), obs.get("grubenv")))
+    com = first(facts, "committed", n="5")
+    j.check("boot 5: committed 2.0.0", com.get("outcome", "").startswith("committed") and "2.0.0" in com.get("outcome", ""),
+            "last_outcome=%s" % com.get("outcome"))
+    check_slot(j, com, "after commit", "B", "2.0.0")
+    e = env(com)
+    j.check("after commit: grubenv B first, B_OK=1 B_TRY=0", e.get("ORDER", "").startswith("B") and e.get("B_OK") == "1"
+            and e.get("B_TRY") == "0", com.get("grubenv"))
+    j.check("after commit: RAUC primary is B's slot", com.get("rauc_primary") == "rootfs.1", com.get("rauc_primary"))
+    j.check("after commit: 2.0.0 committed, install record gone", "2.0.0" in com.get("committed_json", "")
+            and com.get("install_record") == "0", com.get("committed_json", "")[:80])
+    j.check("after commit: audit chain intact", "intact" in com.get("audit", "").lower(), com.get("audit", "")[:90])
+    # Three plain reboots after it: boots 6-8 on B.
+    for b in (6, 7, 8):
+        j.check("GRUB boot %d chose B" % b, g.get(b, "").startswith("slot=B "), g.get(b, "none"))
+        f = first(facts, "boot", n=str(b))
+        check_slot(j, f, "after the update, boot %d" % b, "B", "2.0.0")
+    resets = [t for _, _, tag, t in j.blines if tag == "HIL-GRUB" and t.startswith("no bootable slot")]
+    j.check("GRUB never ran out of slots", not resets, resets[0] if resets else "")
+    o2 = next((h for h, t in states(j, 5) if t == "observing"), None)
+    c2 = next((h for h, t in states(j, 5) if t in ("closed", "idle")), None)
+    if 5 in g:
+        fig["boot 5: QEMU start -> GRUB chose B"] = next(h for b, h, tag, _ in j.blines if b == 5 and tag == "HIL-GRUB")
+    if o2 is not None:
+        fig["boot 5: QEMU start -> observing seen on B"] = o2
+        if reb is not None:
+            fig["reboot asked -> observing on B (shutdown, QEMU cold start, boot)"] = qemu_exit(j, 4) - reb + o2
+    if o2 is not None and c2 is not None:
+        fig["boot 5: observing -> committed (observation 30 s)"] = c2 - o2
     return fig
 
 
-JUDGES = {"systemd": judge_systemd, "plain-reboots": judge_plain_reboots}
+def judge_rollback(j, facts, run, why):
+    """The report on A after a rollback (run `run` of the scenario): recorded, B bad, A good."""
+    rb = first(facts, "rolled-back", n=str(run))
+    check_slot(j, rb, "after rollback", "A", "1.0.0")
+    j.check("rollback recorded: %s" % why, rb.get("outcome", "").startswith("rolled-back") and why in rb.get("outcome", ""),
+            "last_outcome=%s" % rb.get("outcome"))
+    j.check("after rollback: B marked bad", rb.get("b_status") == "bad", "B %s" % rb.get("b_status"))
+    e = env(rb)
+    j.check("after rollback: grubenv A first and good, B not bootable",
+            e.get("ORDER", "").startswith("A") and e.get("A_OK") == "1" and e.get("A_TRY") == "0" and e.get("B_OK") == "0",
+            rb.get("grubenv"))
+    j.check("after rollback: install record gone", rb.get("install_record") == "0")
+    j.check("after rollback: audit chain intact", "intact" in rb.get("audit", "").lower(), rb.get("audit", "")[:90])
+    resets = [t for _, _, tag, t in j.blines if tag == "HIL-GRUB" and t.startswith("no bootable slot")]
+    j.check("GRUB never ran out of slots", not resets, resets[0] if resets else "")
+
+
+def judge_ab_health(j, lines, facts):
+    fig, _ = window_on_a(j, facts, first(facts, "rolled-back", n="3"))
+    obs = first(facts, "observing", n="2")
+    check_slot(j, obs, "observing on B", "B", "2.0.0", good=False)
+    inj = [(b, h, t) for b, h, tag, t in j.blines if tag == "HIL-HOST" and t.startswith("event=inject")]
+    j.check("host broke the PLC during the observation on B", inj and inj[0][0] == 2 and 'reply="ok"' in inj[0][2],
+            inj[0][2][:90] if inj else "no injection")
+    seen = [t for _, t in states(j, 2)]
+    j.check("boot 2: observing -> rolling-back", "observing" in seen and "rolling-back" in seen, " -> ".join(seen))
+    g = grub_choices(j)
+    j.check("GRUB boot 3 chose A (B marked bad)", g.get(3, "").startswith("slot=A "), g.get(3, "none"))
+    judge_rollback(j, facts, 3, "health")
+    if inj:
+        rb = next((h for h, t in states(j, 2) if t == "rolling-back"), None)
+        if rb is not None:
+            fig["boot 2: PLC broken -> rolling-back"] = rb - inj[0][1]
+    return fig
+
+
+def judge_ab_panic(j, lines, facts):
+    fig, _ = window_on_a(j, facts, first(facts, "rolled-back", n="2"))
+    g = grub_choices(j)
+    j.check("boot 2 (B) ran no scenario", not [f for f in facts if f.boot == 2], "")
+    j.check("GRUB boot 3: B's try used, A chosen", g.get(3, "").startswith("slot=A ") and "B_TRY=1" in g.get(3, ""),
+            g.get(3, "none"))
+    j.check("GRUB boot 3: both slots in TRY state until one is marked good", "A_TRY=1" in g.get(3, "")
+            and "B_TRY=1" in g.get(3, ""), g.get(3, "none"))
+    judge_rollback(j, facts, 2, "came back on slot A")
+    return fig
+
+
+def judge_powercut(j, lines, facts):
+    """A power cut at j.cut_at on path j.path (lp, ab): the window ended consistently after the next boot."""
+    path, state = j.path, j.cut_at
+    cuts = [(b, h, t) for b, h, tag, t in j.blines if tag == "HIL-HOST" and t.startswith("event=power-cut")]
+    j.check("power cut at %s" % state, len(cuts) == 1, cuts[0][2][:110] if cuts else "the state was never reported")
+    cut_boot = cuts[0][0] if cuts else 0
+    fin = next((f for f in facts if f.topic == "final" and f.boot > cut_boot), Fact("final", -1, ""))
+    slots = next((f for f in facts if f.topic == "final-slots" and f.boot > cut_boot), Fact("final-slots", -1, ""))
+    j.check("booted again and reported", fin.h >= 0, "boot %d" % fin.boot if fin.h >= 0 else "no report after the cut")
+    outcome = fin.get("outcome", "")
+    j.check("window over, outcome recorded", fin.get("state") in ("closed", "idle") and outcome != "",
+            "%s: %s" % (fin.get("state"), outcome))
+    j.check("segmentation lifted", fin.get("seg_active") == "false" and "otpatch" not in fin.get("tables", "x"),
+            "segmentation_active=%s tables: %s" % (fin.get("seg_active"), fin.get("tables")))
+    j.check("applied at most once", num(fin.get("applying")) <= 1,
+            "transitions to applying %s" % fin.get("applying"))
+    # A commit is recorded at least once when the window committed (a cut right after `committed` was journaled
+    # records it again on recovery, by design: the first record may not have been written), never otherwise.
+    j.check("commit recorded if and only if committed", (num(fin.get("commits")) >= 1) == outcome.startswith("committed"),
+            "commit records %s, outcome %s" % (fin.get("commits"), outcome[:40]))
+    j.check("audit chain intact", "intact" in fin.get("audit", "").lower(), fin.get("audit", "")[:100])
+    committed = outcome.startswith("committed")
+    j.check("install record settled", fin.get("install_record") == "0")
+    if path == "lp":
+        lps = [x for x in fin.get("livepatches", "").split(",") if x]
+        j.check("livepatch loaded once if committed, else not at all",
+                (lps == ["otpatch_lp_cmdline"] and num(fin.get("modules")) == 1) if committed else
+                (not lps and num(fin.get("modules")) == 0), "outcome %s; livepatches %s, modules %s" %
+                (outcome[:40], lps, fin.get("modules")))
+        j.check("committed record matches the outcome", ("1.0.0" in fin.get("committed_json", "")) == committed,
+                fin.get("committed_json", "")[:80])
+        # The boot that recovered the window still marks the slot it runs good: with RAUC's GRUB scheme an unmarked
+        # slot has used its one try, and the next plain reboot would find nothing to boot.
+        check_slot(j, slots, "after the cut", "A", "1.0.0")
+    else:
+        slot, image = ("B", "2.0.0") if committed else ("A", "1.0.0")
+        check_slot(j, slots, "after the cut (%s)" % ("committed" if committed else "not committed"), slot, image)
+        e = env(slots)
+        j.check("grubenv: the running slot first, OK, no try pending",
+                e.get("ORDER", "").startswith(slot) and e.get("%s_OK" % slot) == "1" and e.get("%s_TRY" % slot) == "0",
+                slots.get("grubenv"))
+        if not committed:
+            j.check("B not bootable", slots.get("b_status") != "good" and e.get("B_OK") == "0", "B %s" % slots.get("b_status"))
+    matrix = os.environ.get("HIL_MATRIX")
+    if matrix:
+        with open(matrix, "a") as m:
+            m.write("  %-3s %-13s -> %-58s %s\n" % (path, state, (outcome or "(none)")[:58],
+                                                    "PASS" if j.passed() else "FAIL"))
+    fig = {}
+    if cuts:
+        # Recovery: from the machine's start after the cut to the report that the window is over.
+        fig["power cut -> QEMU start -> window over, reported (boot %d)" % fin.boot] = fin.h
+    return fig
+
+
+JUDGES = {"systemd": judge_systemd, "ab-reboot": judge_ab_reboot,
+          "ab-health": judge_ab_health, "ab-panic": judge_ab_panic,
+          "lp-powercut": judge_powercut, "ab-powercut": judge_powercut}
 
 
 def main():
@@ -248,18 +456,23 @@ def main():
         sys.stderr.write("usage: judge.py SCENARIO LOG QEMU_RC\n")
         return 2
     scenario, path, qemu_rc = sys.argv[1], sys.argv[2], sys.argv[3]
-    lines, facts = parse(path)
+    lines, facts, blines = parse(path)
     j = Judge(scenario)
+    j.blines = blines
+    # NAME@STATE: a power-cut run of NAME (lp-powercut, ab-powercut) at STATE.
+    scenario, _, j.cut_at = scenario.partition("@")
+    j.path = scenario.split("-", 1)[0]
     end = next((t for _, tag, t in reversed(lines) if tag == "HIL-END"), None)
     j.check("qemu-exited-by-poweroff", qemu_rc == "0", "qemu exit %s%s" % (qemu_rc, " (timed out)" if qemu_rc == "124" else ""))
     j.check("scenario-ran-to-its-end", end is not None and end.startswith("rc=0"), end or "no HIL-END line")
     fig = JUDGES[scenario](j, lines, facts)
-    print("    timeline (host ms since QEMU started):")
-    for h, tag, text in lines:
-        if tag in ("HIL-GRUB", "HIL-WATCH", "HIL-STATE", "HIL-END") or (
+    print("    timeline (boot, host ms since that start of QEMU):")
+    for b, h, tag, text in blines:
+        if tag in ("HIL-GRUB", "HIL-WATCH", "HIL-STATE", "HIL-END", "HIL-HOST", "HIL-ASK") or (
                 tag == "HIL-FACT" and text.split(" ", 1)[0] in
-                ("runner", "unit", "window-scheduled", "stopped", "watchdog-sample", "after-restart")):
-            print("    %8d  %-11s %s" % (h, tag[4:].lower(), text[:150]))
+                ("runner", "unit", "window-scheduled", "stopped", "watchdog-sample", "after-restart", "boot",
+                 "observing", "committed", "rolled-back", "reboot", "error")):
+            print("    b%d %8d  %-11s %s" % (b, h, tag[4:].lower(), text[:150]))
     print("    figures:")
     for k, v in fig.items():
         print("      %-64s %d ms" % (k, v))
