@@ -301,6 +301,21 @@ impl Setup {
         slot
     }
 
+    /// otpatchd with `failpoint` and bundle `b` runs a window until the failpoint kills it (SIGKILL, as a power cut
+    /// would); `when` names the moment for the message.
+    fn window_until_crash(&self, b: &Path, failpoint: &str, when: &str) {
+        let mut d = self.spawn(&format!("bundle={}", b.display()), failpoint);
+        wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(&self.bus, &["status"], None).status.success());
+        self.schedule();
+        let st = d.wait_exit(Duration::from_secs(60));
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&st),
+            Some(9),
+            "otpatchd should have crashed {when}: {}",
+            d.log_text()
+        );
+    }
+
     fn reboots(&self) -> u64 {
         self.gw.world()["reboots"].as_u64().unwrap_or(0)
     }
@@ -454,15 +469,7 @@ fn ordinary_boots_mark_the_booted_slot_good_and_stay_on_it() {
 fn a_boot_that_recovers_a_window_still_marks_the_booted_slot_good() {
     let mut s = setup("in-window");
     let b = bundle(s.bundles.path(), "os-2.1.raucb", COMPATIBLE, "2.1.0", None);
-    let mut d = s.spawn(&format!("bundle={}", b.display()), "journal:checkpointed=crash").on_bus(&s.bus);
-    s.schedule();
-    let st = d.wait_exit(Duration::from_secs(60));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&st),
-        Some(9),
-        "otpatchd should have crashed at checkpointed: {}",
-        d.log_text()
-    );
+    s.window_until_crash(&b, "journal:checkpointed=crash", "at checkpointed");
     let marks = s.rauc.log().matches("marked slot rootfs.0 as good").count();
     assert_eq!(s.power_cycle("boot", "boot-2"), "A");
     assert!(s.rauc.bootstate().contains("tries_A=2"), "the boot used one try: {}", s.rauc.bootstate());
@@ -605,16 +612,7 @@ fn replace_bundle(s: &Setup, path: &Path, version: &str) {
 /// otpatchd is killed right after RAUC reported the install complete, before it took its next step (a crash or
 /// power loss in the gap): it is started again in the same boot.
 fn crash_right_after_raucs_completed(s: &Setup, b: &Path) {
-    let mut d = s.spawn(&format!("bundle={}", b.display()), "rauc:completed=crash");
-    wait_for(Duration::from_secs(20), "otpatchd on the bus", || ctl(&s.bus, &["status"], None).status.success());
-    s.schedule();
-    let st = d.wait_exit(Duration::from_secs(60));
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&st),
-        Some(9),
-        "otpatchd should have crashed after RAUC's Completed: {}",
-        d.log_text()
-    );
+    s.window_until_crash(b, "rauc:completed=crash", "after RAUC's Completed");
     // RAUC finished: the new slot is written and is the one to boot next.
     assert_eq!(s.rauc.primary(), "rootfs.1", "{}", s.rauc.log());
     assert_eq!(s.rauc.slot("rootfs.1")["slot_status"]["bundle"]["version"], "2.1.0");

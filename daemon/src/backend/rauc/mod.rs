@@ -2,7 +2,7 @@
 //! reboots into it (inside the window, when the policy allows), and the slot is kept only after the health
 //! observation passed there.
 //!
-//! One piece (about 600 lines): every method reads and writes the same install record and the same RAUC slot
+//! One piece (about 620 lines): every method reads and writes the same install record and the same RAUC slot
 //! states, and each step (install, reboot, confirm, mark good, revert) is only safe in the light of the others;
 //! the D-Bus proxy is apart in `proxy.rs`, the tests against the real RAUC service in `tests/rauc.rs`.
 //!
