@@ -107,10 +107,12 @@ host_pki() {
 }
 
 # ---------------------------------------------------------------- bundles and indexes
-# host_bundle OUT PAYLOAD KERNEL_RELEASE [VERSION]
+# host_bundle OUT PAYLOAD KERNEL_RELEASE [VERSION [EXPIRES]]   (EXPIRES: RFC 3339; default otpatchctl's)
 host_bundle() {
+  local expires=()
+  [[ -z ${5:-} ]] || expires=(--expires "$5")
   "$REPO/target/release/otpatchctl" bundle create --kind livepatch --compatible "$HOST_COMPATIBLE" \
-    --version "${4:-$HOST_VERSION}" --kernel-release "$3" --payload "$2" \
+    --version "${4:-$HOST_VERSION}" --kernel-release "$3" --payload "$2" "${expires[@]}" \
     --signer-cert "$HOST_DIR/pki/signer.pem" --signer-key "$HOST_DIR/pki/signer.key" --out "$1" >/dev/null ||
     host_die "otpatchctl bundle create $1 failed"
 }
@@ -167,6 +169,13 @@ EOF
   # After v1's index, and issued 30 s later than it: the gateway refuses an index older than one it accepted
   # (replay), so v2's must be the newer one even when both are made within the same second.
   host_index "$www/otpatchd-v1v2-next" v2.otb 1.1.0 30
+  # The image's months scenario: v1 whose manifest expires in an hour (the guest's clock is moved past it
+  # later), then v2 (issued later), then an A/B update (run.sh adds image-months-ab/, issued later still).
+  mkdir -p "$www/image-months" "$www/image-months-v2"
+  host_bundle "$www/image-months/v1.otb" "$ko" "$kver" "$HOST_VERSION" "$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)"
+  host_index "$www/image-months" v1.otb "$HOST_VERSION" 90
+  ln -f "$www/v2.otb" "$www/image-months-v2/v2.otb"
+  host_index "$www/image-months-v2" v2.otb 1.1.0 60
 }
 
 # ---------------------------------------------------------------- services
@@ -271,7 +280,7 @@ host_policy() {
   # The A/B scenarios of the image observe for 30 s: the guest's harness must see the observation on the new
   # slot (and break the PLC during it) after the boot, which takes seconds under TCG.
   local observation=5s
-  [[ $1 != image-ab-* ]] || observation=30s
+  [[ $1 != image-ab-* && $1 != image-months ]] || observation=30s
   cat <<EOF
 # Made by hil/host.sh for scenario $1.
 [gateway]
@@ -307,7 +316,7 @@ interval = "500ms"
 trip_after = 2
 EOF
   case $1 in
-    image-ab-*)
+    image-ab-* | image-months)
       cat <<EOF
 
 # The image's slots: the window may reboot the gateway into the updated slot (logind), inside the window.

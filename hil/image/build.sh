@@ -11,16 +11,28 @@
 #   update-KEY2/     what RAUC bundles for the A/B scenarios carry (run.sh signs them per run, with its PKI):
 #     full.ext4      slot A's file system as image version 2.0.0 (an update that boots and runs otpatchd)
 #     panic.ext4     a kernel and initramfs and no init: a slot whose system never comes up (panic=5 reboots)
+#     newkernel.ext4 slot A's file system as image 3.0.0 with bookworm-backports' newer kernel instead of its own
+#   debs/            that kernel's package (downloaded once)
 #
 # usage: bash hil/image/build.sh    (root; needs mmdebstrap, mtools, dosfstools, fdisk, e2fsprogs,
 #                                    grub-efi-amd64-bin, grub-common, and target/release/ built)
+#   HIL_ARCH=arm64 builds the arm64 image into hil/build/image-arm64/ instead: Debian's arm64 packages (their
+#   maintainer scripts run under qemu-user-static, registered with binfmt_misc), the binaries cross-compiled
+#   into target/aarch64-unknown-linux-gnu/release/, GRUB for arm64-efi from the image's own
+#   grub-efi-arm64-bin. Its updates are full and panic (the newer-kernel image is made for amd64 only).
 set -euo pipefail
 
 IMG="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HIL="$(dirname "$IMG")"
 REPO="$(dirname "$HIL")"
-OUT="$HIL/build/image"
-REL="$REPO/target/release"
+ARCH="${HIL_ARCH:-amd64}"
+case $ARCH in
+  amd64) OUT="$HIL/build/image" REL="$REPO/target/release" ;;
+  arm64) OUT="$HIL/build/image-arm64" REL="$REPO/target/aarch64-unknown-linux-gnu/release" ;;
+  *) echo "HIL_ARCH=$ARCH: amd64 or arm64" >&2; exit 2 ;;
+esac
+# What runs on the build host (completions, man pages): the host's own otpatchctl.
+HOSTCTL="$REPO/target/release/otpatchctl"
 mkdir -p "$OUT"
 
 say() { printf '[image-build] %s\n' "$*"; }
@@ -33,8 +45,13 @@ for tool in mmdebstrap mkfs.ext4 mkfs.fat mmd mcopy sfdisk grub-mkstandalone gru
     die "$tool is missing (apt-get install -y --no-install-recommends mmdebstrap mtools dosfstools fdisk e2fsprogs grub-efi-amd64-bin grub-common)"
 done
 for b in otpatchd otpatchctl otpatch-plcsim; do
-  [[ -x "$REL/$b" ]] || die "$REL/$b is missing: cargo build --release -p otpatchd -p otpatchctl -p otpatch-plcsim"
+  [[ -x "$REL/$b" ]] || die "$REL/$b is missing: cargo build --release -p otpatchd -p otpatchctl -p otpatch-plcsim$([[ $ARCH == amd64 ]] || echo " --target aarch64-unknown-linux-gnu")"
 done
+[[ -x $HOSTCTL ]] || die "$HOSTCTL is missing: cargo build --release -p otpatchctl"
+if [[ $ARCH == arm64 ]]; then
+  [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] ||
+    die "arm64 programs do not run here: apt-get install -y qemu-user-static, then register /usr/lib/binfmt.d/qemu-aarch64.conf with /proc/sys/fs/binfmt_misc/register"
+fi
 
 # The kernel ABI: the busybox guest's (hil/build/kver), so the livepatch modules built for it fit here too.
 if [[ -s "$HIL/build/kver" ]]; then
@@ -44,6 +61,8 @@ else
     sed -n 's/^ *Depends: linux-image-\([0-9][^ ]*-amd64\)$/\1/p' | head -n1)"
   [[ -n "$KVER" ]] || die "apt-cache knows no linux-image-amd64: run 'apt-get update' first"
 fi
+# arm64: the same ABI's arm64 flavour (Debian builds both from one source).
+[[ $ARCH == amd64 ]] || KVER="${KVER%-amd64}-arm64"
 
 # ---------------------------------------------------------------- base root file system (cached)
 KEY="$( { sha256sum <"$IMG/rootfs.sh"; echo "$KVER"; } | sha256sum | cut -c1-16)"
@@ -53,7 +72,7 @@ if [[ -e "$BASE/.done" ]]; then
 else
   t=$(date +%s%N)
   rm -rf "$BASE" "$BASE.tmp"
-  bash "$IMG/rootfs.sh" "$BASE.tmp" "$KVER" >"$OUT/rootfs.log" 2>&1 ||
+  bash "$IMG/rootfs.sh" "$BASE.tmp" "$KVER" "$ARCH" >"$OUT/rootfs.log" 2>&1 ||
     { tail -n 30 "$OUT/rootfs.log" >&2; die "mmdebstrap failed (log: $OUT/rootfs.log)"; }
   touch "$BASE.tmp/.done"
   mv "$BASE.tmp" "$BASE"
@@ -63,15 +82,40 @@ else
   say "rootfs: built $KEY in $(ms "$t") ms ($(du -sm "$BASE" | cut -f1) MB)"
 fi
 
+# ---------------------------------------------------------------- the newer kernel (cached by its name)
+# The newest kernel of bookworm-backports, for the image an A/B update brings in the months scenario. apt with
+# a list of its own (the host's sources and caches are not touched); the package is kept in $OUT/debs.
+KV2=none
+if [[ $ARCH == amd64 ]]; then
+  APTD="$OUT/apt-backports"
+  mkdir -p "$APTD/lists/partial" "$OUT/debs"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" >"$APTD/sources.list"
+  aopt=(-o "Dir::Etc::SourceList=$APTD/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$APTD/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=)
+  KV2_DEB=$(find "$OUT/debs" -name 'linux-image-6.*-amd64_*.deb' | sort -V | tail -n1)
+  if [[ -z $KV2_DEB ]]; then
+    t=$(date +%s%N)
+    apt-get "${aopt[@]}" -qq update || die "apt-get update of bookworm-backports failed"
+    kv2="$(apt-cache "${aopt[@]}" depends linux-image-amd64 2>/dev/null |
+      sed -n 's/^ *Depends: linux-image-\(6[^ ]*-amd64\)$/\1/p' | head -n1)"
+    [[ -n $kv2 ]] || die "bookworm-backports names no linux-image-amd64 kernel"
+    (cd "$OUT/debs" && apt-get "${aopt[@]}" -qq download "linux-image-$kv2" 2>/dev/null) ||
+      die "downloading linux-image-$kv2 from bookworm-backports failed"
+    KV2_DEB=$(find "$OUT/debs" -name "linux-image-${kv2}_*.deb" | head -n1)
+    say "newer kernel: downloaded linux-image-$kv2 in $(ms "$t") ms"
+  fi
+  KV2=$(dpkg-deb -f "$KV2_DEB" Package | sed 's/^linux-image-//')
+fi
+
 # ---------------------------------------------------------------- the disk (keyed on everything in it)
 # Every file the image takes from the repository; the key changes when any of them does.
 INPUTS=("$REL/otpatchd" "$REL/otpatchctl" "$REL/otpatch-plcsim" "$IMG/build.sh"
   "$REPO/policies/vendor/00-defaults.toml" "$REPO/yocto/meta-otpatch/templates/rauc-conf/files/system.conf")
 mapfile -t -O "${#INPUTS[@]}" INPUTS < <(find "$REPO/daemon/dist" "$IMG/guest" "$IMG/grub" -type f | LC_ALL=C sort)
-KEY2="$( { echo "$KEY"; sha256sum "${INPUTS[@]}" | cut -d' ' -f1; } | sha256sum | cut -c1-16)"
+KEY2="$( { echo "$KEY $KV2"; sha256sum "${INPUTS[@]}" | cut -d' ' -f1; } | sha256sum | cut -c1-16)"
 DISK="$OUT/disk-$KEY2.img"
 UPD="$OUT/update-$KEY2"
-if [[ -s "$DISK" && -s "$UPD/full.ext4" && -s "$UPD/panic.ext4" ]]; then
+if [[ -s "$DISK" && -s "$UPD/full.ext4" && -s "$UPD/panic.ext4" && ( $ARCH != amd64 || -s "$UPD/newkernel.ext4" ) ]]; then
   say "disk: up to date ($KEY2)"
   ln -sf "$(basename "$DISK")" "$OUT/disk.img"
   ln -sfn "$(basename "$UPD")" "$OUT/update"
@@ -111,10 +155,10 @@ install -D -m 0755 "$REL/otpatchctl" "$ST/usr/bin/otpatchctl"
 install -d "$ST/etc/otpatch/policy.d"
 install -d "$ST/usr/share/bash-completion/completions" "$ST/usr/share/zsh/site-functions" \
   "$ST/usr/share/fish/vendor_completions.d"
-"$REL/otpatchctl" completions bash >"$ST/usr/share/bash-completion/completions/otpatchctl"
-"$REL/otpatchctl" completions zsh >"$ST/usr/share/zsh/site-functions/_otpatchctl"
-"$REL/otpatchctl" completions fish >"$ST/usr/share/fish/vendor_completions.d/otpatchctl.fish"
-"$REL/otpatchctl" man --out "$ST/usr/share/man/man1" >/dev/null
+"$HOSTCTL" completions bash >"$ST/usr/share/bash-completion/completions/otpatchctl"
+"$HOSTCTL" completions zsh >"$ST/usr/share/zsh/site-functions/_otpatchctl"
+"$HOSTCTL" completions fish >"$ST/usr/share/fish/vendor_completions.d/otpatchctl.fish"
+"$HOSTCTL" man --out "$ST/usr/share/man/man1" >/dev/null
 # SYSTEMD_SERVICE:otpatchd: enabled (systemd.bbclass does `systemctl enable` at rootfs time).
 ln -sf /usr/lib/systemd/system/otpatchd.service "$ST/etc/systemd/system/multi-user.target.wants/otpatchd.service"
 # The PLC simulator is a test peer (never in the recipe): the guest's own soft-PLC for later scenarios.
@@ -156,7 +200,7 @@ ln -sf /usr/lib/systemd/system/systemd-networkd-wait-online.service \
   "$ST/etc/systemd/system/network-online.target.wants/"
 # Nothing periodic competes with the scenarios for the emulated CPU; no login prompts on the console.
 for u in apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer \
-  e2scrub_reap.service getty@tty1.service serial-getty@ttyS0.service; do
+  e2scrub_reap.service getty@tty1.service serial-getty@ttyS0.service serial-getty@ttyAMA0.service; do
   ln -sf /dev/null "$ST/etc/systemd/system/$u"
 done
 rm -f "$ST/etc/systemd/system/timers.target.wants/"* "$ST/etc/systemd/system/getty.target.wants/"*
@@ -194,13 +238,37 @@ install -d "$W/panic/boot"
 cp -a "$ST"/boot/vmlinuz-* "$ST"/boot/initrd.img-* "$W/panic/boot/"
 cp -a "$ST/vmlinuz" "$ST/initrd.img" "$W/panic/"
 mkfs.ext4 -q -F -L rootfs -d "$W/panic" "$UPD.tmp/panic.ext4" 64M || die "mkfs.ext4 of the panic image failed"
+# newkernel.ext4: slot A's system as image 3.0.0 with a newer kernel in place of its own (bookworm-backports'
+# 6.12, $KV2): the livepatch committed for $KVER no longer fits it. The kernel package is unpacked and its
+# initramfs made in the copy (dpkg's database still names the old kernel: nothing on the image reads it).
+if [[ $ARCH == amd64 ]]; then
+  NK="$W/newkernel"
+  cp -a "$ST" "$NK"
+  rm -rf "$NK"/boot/*-"$KVER" "$NK/usr/lib/modules/$KVER" "$NK/vmlinuz.old" "$NK/initrd.img.old"
+  dpkg-deb --fsys-tarfile "$KV2_DEB" | tar -x --keep-directory-symlink -C "$NK" || die "unpacking $KV2_DEB failed"
+  chroot "$NK" depmod -a "$KV2" || die "depmod $KV2 failed"
+  chroot "$NK" update-initramfs -c -k "$KV2" >"$OUT/newkernel-initramfs.log" 2>&1 ||
+    { tail -n 20 "$OUT/newkernel-initramfs.log" >&2; die "update-initramfs $KV2 failed"; }
+  ln -sfn "boot/vmlinuz-$KV2" "$NK/vmlinuz"
+  ln -sfn "boot/initrd.img-$KV2" "$NK/initrd.img"
+  echo 3.0.0 >"$NK/usr/lib/otpatch-hil/image-version"
+  mkfs.ext4 -q -F -L rootfs -d "$NK" "$UPD.tmp/newkernel.ext4" "$(( $(du -sm "$NK" | cut -f1) * 112 / 100 + 48 ))M" ||
+    die "mkfs.ext4 of the newer kernel's image failed"
+  rm -rf "$NK"
+fi
 mv "$UPD.tmp" "$UPD"
-say "updates: full $(( $(stat -c %s "$UPD/full.ext4") >> 20 )) MiB, panic $(( $(stat -c %s "$UPD/panic.ext4") >> 20 )) MiB in $(ms "$t") ms"
+say "updates: full $(( $(stat -c %s "$UPD/full.ext4") >> 20 )) MiB, panic $(( $(stat -c %s "$UPD/panic.ext4") >> 20 )) MiB$([[ ! -s $UPD/newkernel.ext4 ]] || echo ", newkernel ($KV2) $(( $(stat -c %s "$UPD/newkernel.ext4") >> 20 )) MiB") in $(ms "$t") ms"
 
 # ESP: the standalone GRUB (its embedded config finds the ESP by label and loads grub.cfg from it), grub.cfg,
 # and grubenv with slot A good and first in ORDER.
 t=$(date +%s%N)
-grub-mkstandalone -O x86_64-efi -o "$W/BOOTX64.EFI" \
+# The removable-media path UEFI firmware boots: BOOTX64.EFI (OVMF), BOOTAA64.EFI (AAVMF).
+if [[ $ARCH == amd64 ]]; then
+  efi=BOOTX64.EFI gopt=(-O x86_64-efi)
+else
+  efi=BOOTAA64.EFI gopt=(-O arm64-efi -d "$ST/usr/lib/grub/arm64-efi")
+fi
+grub-mkstandalone "${gopt[@]}" -o "$W/$efi" \
   --modules="part_gpt fat ext2 search search_label regexp loadenv test echo linux normal configfile halt reboot sleep" \
   --locales= --fonts= --themes= "boot/grub/grub.cfg=$IMG/grub/embedded.cfg" || die "grub-mkstandalone failed"
 grub-editenv "$W/grubenv" create
@@ -209,8 +277,8 @@ rm -f "$W/esp.img"
 mkfs.fat -F 32 -n ESP -C "$W/esp.img" $((ESP_MB * 1024)) >/dev/null || die "mkfs.fat failed"
 export MTOOLS_SKIP_CHECK=1
 mmd -i "$W/esp.img" ::EFI ::EFI/BOOT
-mcopy -i "$W/esp.img" "$W/BOOTX64.EFI" "$IMG/grub/grub.cfg" "$W/grubenv" ::EFI/BOOT/
-say "ESP: GRUB $(( $(stat -c %s "$W/BOOTX64.EFI") / 1024 )) KiB in $(ms "$t") ms"
+mcopy -i "$W/esp.img" "$W/$efi" "$IMG/grub/grub.cfg" "$W/grubenv" ::EFI/BOOT/
+say "ESP: GRUB $(( $(stat -c %s "$W/$efi") / 1024 )) KiB in $(ms "$t") ms"
 
 # ---------------------------------------------------------------- GPT, partitions copied in at their offsets
 t=$(date +%s%N)

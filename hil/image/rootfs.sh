@@ -4,12 +4,13 @@
 # Everything that decides its content is in this file and its arguments: build.sh keys the cache on the
 # sha256 of this file, the kernel ABI and the mirror, and runs it only when that key changes.
 #
-# usage: bash hil/image/rootfs.sh OUT_DIR KVER   (the kernel's ABI comes from bookworm-security)
+# usage: bash hil/image/rootfs.sh OUT_DIR KVER [ARCH]   (the kernel's ABI comes from bookworm-security;
+#        ARCH amd64, the default, or arm64: then maintainer scripts run under qemu-user through binfmt_misc)
 # Runs as root with --mode=root (mmdebstrap chroots into OUT_DIR). Never --mode=chrootless as root: it ran
 # maintainer scripts against the host.
 set -euo pipefail
 
-out=$1 kver=$2
+out=$1 kver=$2 arch=${3:-amd64}
 mirror=http://deb.debian.org/debian
 security=http://deb.debian.org/debian-security
 [[ $(id -u) == 0 ]] || { echo "rootfs.sh: run as root" >&2; exit 2; }
@@ -21,6 +22,8 @@ security=http://deb.debian.org/debian-security
 # (RAUC bundles), zstd (the initramfs), nftables (segmentation), CRIU, e2fsprogs, iproute2, procps, kmod, passwd (useradd).
 pkgs=(systemd systemd-sysv dbus dbus-bin udev kmod initramfs-tools zstd "linux-image-$kver" rauc rauc-service
   grub-common squashfs-tools nftables criu e2fsprogs iproute2 procps passwd)
+# arm64: GRUB's arm64-efi modules, which the host's grub-mkstandalone builds the ESP's GRUB from.
+[[ $arch != arm64 ]] || pkgs+=(grub-efi-arm64-bin)
 # Module trees a virtio gateway under QEMU never loads (about half of the modules' size).
 trim=(drivers/gpu drivers/media drivers/net/wireless drivers/net/ethernet drivers/infiniband drivers/staging
   drivers/bluetooth drivers/isdn drivers/iio drivers/scsi drivers/usb drivers/hid drivers/input/touchscreen
@@ -38,7 +41,7 @@ FSTYPE=ext4
 COMPRESS=zstd
 CONF
 
-mmdebstrap --mode=root --variant=minbase --format=directory \
+mmdebstrap --mode=root --variant=minbase --format=directory --architectures="$arch" \
   --include="$(IFS=,; echo "${pkgs[*]}")" \
   --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \

@@ -9,20 +9,36 @@
 # usage: bash hil/image/run.sh [SCENARIO...]     (hil/image/scenarios/*.sh; default: CI's list below)
 #   A scenario with a "hil-image: cut" header runs as NAME@STATE: the power is cut when otpatchd reaches STATE.
 #   "powercut" stands for every NAME@STATE of the power-cut matrix (POWERCUT_LP, POWERCUT_AB below).
-# Environment: HIL_IMAGE_TIMEOUT=seconds per scenario (default 420), HIL_SKIP_BUILD=1 (use what is built).
+# Environment: HIL_IMAGE_TIMEOUT=seconds per scenario (default 420), HIL_SKIP_BUILD=1 (use what is built),
+#   HIL_ARCH=arm64: the arm64 image (hil/build/image-arm64/, HIL_ARCH=arm64 hil/image/build.sh) in
+#   qemu-system-aarch64 -machine virt under TCG with AAVMF (Debian's qemu-system-arm, qemu-efi-aarch64).
 set -euo pipefail
 
 IMG="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HIL="$(dirname "$IMG")"
 REPO="$(dirname "$HIL")"
 B="$HIL/build"
+ARCH="${HIL_ARCH:-amd64}"
 OUT="$B/image"
+[[ $ARCH == amd64 ]] || OUT="$B/image-$ARCH"
 # shellcheck source=../host.sh
 . "$HIL/host.sh"
 TIMEOUT="${HIL_IMAGE_TIMEOUT:-420}"
 T_START=$(date +%s%N)
-OVMF_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd
-OVMF_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+case $ARCH in
+  amd64)
+    QEMU=qemu-system-x86_64 QEMU_PKG=qemu-system-x86 FW_PKG=ovmf
+    FW_CODE=/usr/share/OVMF/OVMF_CODE_4M.fd FW_VARS=/usr/share/OVMF/OVMF_VARS_4M.fd
+    MACHINE=(-machine q35 -cpu max)
+    ;;
+  arm64)
+    # cortex-a72 (ARMv8.0): under TCG, -cpu max's pointer authentication costs much emulation time.
+    QEMU=qemu-system-aarch64 QEMU_PKG=qemu-system-arm FW_PKG=qemu-efi-aarch64
+    FW_CODE=/usr/share/AAVMF/AAVMF_CODE.fd FW_VARS=/usr/share/AAVMF/AAVMF_VARS.fd
+    MACHINE=(-machine virt -cpu cortex-a72)
+    ;;
+  *) echo "HIL_ARCH=$ARCH: amd64 or arm64" >&2; exit 2 ;;
+esac
 
 QPID=
 cleanup() {
@@ -36,9 +52,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-command -v qemu-system-x86_64 >/dev/null ||
-  { echo "qemu-system-x86_64 is missing: apt-get install -y --no-install-recommends qemu-system-x86" >&2; exit 2; }
-[[ -r $OVMF_CODE && -r $OVMF_VARS ]] || { echo "OVMF is missing: apt-get install -y ovmf" >&2; exit 2; }
+command -v $QEMU >/dev/null ||
+  { echo "$QEMU is missing: apt-get install -y --no-install-recommends $QEMU_PKG" >&2; exit 2; }
+[[ -r $FW_CODE && -r $FW_VARS ]] || { echo "the UEFI firmware is missing: apt-get install -y $FW_PKG" >&2; exit 2; }
 command -v rauc >/dev/null || { echo "rauc is missing (it makes the A/B scenarios' bundles): apt-get install -y rauc squashfs-tools" >&2; exit 2; }
 
 # The power-cut matrix (issue #18, scenario 5): every state otpatchd journals in a livepatch window and in an
@@ -70,7 +86,9 @@ export HIL_MATRIX="$B/logs/image-powercut-matrix.txt"
 if [[ "${HIL_SKIP_BUILD:-0}" != 1 ]]; then
   (cd "$REPO" && cargo build --release --quiet -p otpatchd -p otpatchctl -p otpatch-plcsim)
   bash "$HIL/build.sh"
-  bash "$IMG/build.sh"
+  [[ $ARCH == amd64 ]] || (cd "$REPO" && cargo build --release --quiet --target aarch64-unknown-linux-gnu \
+    -p otpatchd -p otpatchctl -p otpatch-plcsim)
+  HIL_ARCH=$ARCH bash "$IMG/build.sh"
 fi
 [[ -s "$OUT/disk.img" ]] || { echo "no image in $OUT: run hil/image/build.sh" >&2; exit 2; }
 
@@ -81,8 +99,12 @@ host_start
 #   hil-image: reboots                      the guest restarts (QEMU is started again, up to 8 boots)
 #   hil-image: rauc-bundle IMAGE VERSION    its patch server directory serves a RAUC bundle of build.sh's update
 #                                           image IMAGE (full, panic) as VERSION, signed with this run's PKI
+#   hil-image: rauc-bundle IMAGE VERSION DIR   the same, served from the patch server's directory DIR
 #   hil-image: inject REGEX COMMAND...      the first console line matching REGEX (in each boot) makes the host
-#                                           send COMMAND to the PLC simulator's control port
+#                                           send COMMAND to the PLC simulator's control port (one line each)
+#   hil-image: pull-plug REGEX              the first console line matching REGEX cuts the power (once a run)
+#   hil-image: clock-ahead BOOT SECONDS     from QEMU's start BOOT on, the machine's clock (its RTC) runs
+#                                           SECONDS ahead of the host's
 header() { sed -n "s/^# *hil-image: $2 *//p" "$IMG/scenarios/$1.sh" | head -n1; }
 
 # rauc_bundle IMAGE VERSION: prints the path of the RAUC bundle (verity, as system.conf allows only that) of
@@ -133,39 +155,47 @@ for s in "$@"; do
   run="$OUT/run-$s"
   rm -rf "$run"
   mkdir -p "$run"
-  log="$B/logs/image-$s.log"
+  tag=$s
+  [[ $ARCH == amd64 ]] || tag=$ARCH-$s
+  log="$B/logs/image-$tag.log"
   # A scenario that reboots the guest says so in its header ("hil-image: reboots"): when the guest restarts,
   # QEMU exits (-no-reboot) and is started again on the same disk and firmware variables, up to 8 boots, the
   # console logs one after the other in one file. A cold start instead of QEMU's reset in place: OVMF's reset
   # path under TCG took 17-358 s to reach GRUB again (a cold start: 5-7 s); for what the guest and GRUB see it
   # is the same reboot.
   limit=$TIMEOUT max_boots=1
-  read -r image version <<<"$(header "$name" rauc-bundle)"
+  read -r image version dir <<<"$(header "$name" rauc-bundle)"
   if [[ -n ${version:-} ]]; then
     b=$(rauc_bundle "$image" "$version")
-    mkdir -p "$HOST_DIR/www/image-$name"
-    ln -f "$b" "$HOST_DIR/www/image-$name/os-$version.raucb"
-    host_index "$HOST_DIR/www/image-$name" "os-$version.raucb" "$version" 60 ab
+    dir=${dir:-image-$name}
+    mkdir -p "$HOST_DIR/www/$dir"
+    ln -f "$b" "$HOST_DIR/www/$dir/os-$version.raucb"
+    # Issued 30 s ago: later than any livepatch index of host.sh a scenario takes before it (replay check).
+    host_index "$HOST_DIR/www/$dir" "os-$version.raucb" "$version" 30 ab
   fi
   inject=()
-  read -r regex cmd <<<"$(header "$name" inject)"
-  [[ -z ${cmd:-} ]] || inject=(--inject "$regex" "$HOST_PLC_CONTROL" "$cmd")
+  while read -r regex cmd; do
+    [[ -z ${cmd:-} ]] || inject+=(--inject "$regex" "$HOST_PLC_CONTROL" "$cmd")
+  done < <(sed -n "s/^# *hil-image: inject *//p" "$IMG/scenarios/$name.sh")
   # The cut: otpatchctl watch's transition into the state, or the state poll's first sight of it (the state may
   # be there already when the poll starts after a boot), on whichever boot it comes; once per run.
   cut=()
   [[ -z $cut_at ]] || cut=(--cut "(-> $cut_at \\(|HIL-STATE ms=[0-9]+ $cut_at\$)")
+  plug=$(header "$name" pull-plug)
+  [[ -z $plug ]] || cut=(--cut "$plug")
+  read -r ahead_from ahead_s <<<"$(header "$name" clock-ahead)"
   if grep -q 'hil-image: reboots' "$IMG/scenarios/$name.sh"; then
     max_boots=8
     ((limit >= 1200)) || limit=1200
   fi
   t=$(date +%s%N)
   cp --sparse=always "$(readlink -f "$OUT/disk.img")" "$run/disk.img"
-  cp "$OVMF_VARS" "$run/vars.fd"
+  cp "$FW_VARS" "$run/vars.fd"
   site_tar "$name" "$run/site.tar"
   [[ "$(host_plc 'set holding 0 u16 50')" == ok ]] || host_die "the PLC simulator does not answer"
-  echo "=== image $s (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
-  args=(-machine q35 -cpu max -accel tcg -m 1G -smp 2 -nographic -no-reboot
-    -drive "if=pflash,format=raw,readonly=on,file=$OVMF_CODE"
+  echo "=== image $tag (bounded to ${limit}s; serial log: hil/build/logs/$(basename "$log"); disk copied in $(( ($(date +%s%N) - t) / 1000000 )) ms)"
+  args=("${MACHINE[@]}" -accel tcg -m 1G -smp 2 -nographic -no-reboot
+    -drive "if=pflash,format=raw,readonly=on,file=$FW_CODE"
     -drive "if=pflash,format=raw,file=$run/vars.fd"
     -drive "file=$run/disk.img,format=raw,if=virtio"
     # User networking: the guest reaches the host's 127.0.0.1 services as 10.0.2.2.
@@ -177,9 +207,14 @@ for s in "$@"; do
   for ((boot = 1; ; boot++)); do
     left=$(( limit - ($(date +%s%N) - t) / 1000000000 ))
     ((left > 0)) || { rc=124; break; }
+    rtc=()
+    if [[ -n ${ahead_s:-} ]] && ((boot >= ahead_from)); then
+      rtc=(-rtc "base=$(date -u -d "@$(($(date +%s) + ahead_s))" +%Y-%m-%dT%H:%M:%S)")
+      echo "h=0 HIL-HOST event=clock-ahead boot=$boot seconds=$ahead_s" >>"$log"
+    fi
     # Its own session and process group: nothing sent to this script's group reaches QEMU; console.py bounds
     # the boot and stops QEMU itself.
-    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" "${inject[@]}" "${cut[@]}" -- qemu-system-x86_64 "${args[@]}" &
+    setsid python3 "$HIL/tools/console.py" run --log "$run/boot.log" --timeout "$left" "${inject[@]}" "${cut[@]}" -- "$QEMU" "${args[@]}" "${rtc[@]}" &
     QPID=$!
     rc=0
     wait "$QPID" || rc=$?
@@ -201,7 +236,7 @@ for s in "$@"; do
   python3 "$IMG/tools/judge.py" "$s" "$log" "$rc" || verdict=FAIL
   [[ $verdict == PASS ]] || { FAILED=1; tail -n 30 "$log" | tr -d '\r' | sed 's/^/    | /'; }
   echo "    -> $verdict, wall ${wall} ms"
-  SUMMARY+=("$(printf 'image-%-28s %-5s %7d ms' "$s" "$verdict" "$wall")")
+  SUMMARY+=("$(printf 'image-%-28s %-5s %7d ms' "$tag" "$verdict" "$wall")")
   rm -rf "$run"
 done
 

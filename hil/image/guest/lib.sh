@@ -7,7 +7,7 @@ set -f
 up() { awk '{printf "%d", $1 * 1000}' /proc/uptime; }
 fact() { echo "HIL-FACT $* up_ms=$(up)"; }
 # oneline: stdin as one line, quotes and backslashes removed; q TEXT: TEXT as one quoted fact value.
-oneline() { tr '\n\t"\\' '    ' | tr -s ' ' | sed 's/ $//' | cut -c1-400; }
+oneline() { tr '\n\t"\\' '    ' | tr -s ' ' | sed 's/ $//' | cut -c1-1200; }
 q() { printf '"%s"' "$(oneline <<<"$1")"; }
 
 # hil_boot: counts this boot on the data partition (it survives slot changes); prints its number.
@@ -98,9 +98,11 @@ wait_for_shutdown() {
   rm -f /run/hil/no-poweroff
 }
 
-# audit_kinds: the kinds of the audit log's records, in order, comma-separated.
+# audit_kinds: the kinds of the audit log's records, in order, comma-separated; a run of one kind as KIND*N
+# (a gateway's months of records stay one console line).
 audit_kinds() {
-  otpatchctl --json log 2>/dev/null | grep -o '"kind": *"[a-z-]*"' | sed 's/.*"\([a-z-]*\)"$/\1/' | paste -sd, -
+  otpatchctl --json log 2>/dev/null | grep -o '"kind": *"[a-z-]*"' | sed 's/.*"\([a-z-]*\)"$/\1/' | uniq -c |
+    awk '{ print ($1 > 1 ? $2 "*" $1 : $2) }' | paste -sd, -
 }
 
 # follow_reboot_request: in the background, reports the moment otpatchd asks systemd for the reboot (its
@@ -123,7 +125,9 @@ final_facts() {
     modules=$(grep -c '^otpatch_lp' /proc/modules) applying=$(grep -o '"to": *"applying"' <<<"$log" | wc -l) \
     commits=$(grep -o '"kind": *"commit"' <<<"$log" | wc -l) audit=$(q "$(otpatchctl log --verify 2>&1)") \
     committed_json=$(q "$(cat /var/lib/otpatch/committed.json 2>/dev/null)") \
-    install_record=$([[ -e /var/lib/otpatch/ab-install.json ]] && echo 1 || echo 0) kinds=$(q "$(audit_kinds)")
+    install_record=$([[ -e /var/lib/otpatch/ab-install.json ]] && echo 1 || echo 0) kinds=$(q "$(audit_kinds)") \
+    recovered_from=$(q "$(grep '"kind":"recovery"' /var/lib/otpatch/audit.log 2>/dev/null |
+      grep -o '"journal_state":"[a-z-]*"' | cut -d'"' -f4 | paste -sd, -)")
   slot_facts final-slots "$@"
 }
 

@@ -110,6 +110,9 @@ sampler() {
     sleep 0.2
   done
 }
+# The machine and whether its kernel can be live-patched (Debian's arm64 kernel: see judge.py).
+fact kernel machine="$(uname -m)" release="$(uname -r)" livepatch_sysfs=$([[ -d /sys/kernel/livepatch ]] && echo 1 || echo 0) \
+  config=$(q "$(grep -E '^(# )?CONFIG_(HAVE_)?LIVEPATCH[ =]' "/boot/config-$(uname -r)" 2>/dev/null | paste -sd, -)")
 sampler &
 SAMPLER=$!
 start=$(date -u -d '+6 sec' +%Y-%m-%dT%H:%M:%SZ)
