@@ -122,6 +122,12 @@ if [[ -s "$DISK" && -s "$UPD/full.ext4" && -s "$UPD/panic.ext4" && ( $ARCH != am
   exit 0
 fi
 
+# What the build holds at its peak (the staged tree, slot A, the updates, the disk): about 2.5 GiB. A full disk
+# fails it halfway with a flood of cp/mkfs errors, so it is told here, before anything is written.
+need_mb=3072
+avail_mb=$(df -Pm "$OUT" | awk 'NR == 2 { print $4 }')
+[[ -z $avail_mb ]] || (( avail_mb >= need_mb )) ||
+  die "the image build needs about $need_mb MiB free under $OUT; the file system has $avail_mb MiB free"
 W="$OUT/work"
 rm -rf "$W"
 mkdir -p "$W"
@@ -242,8 +248,9 @@ mkfs.ext4 -q -F -L rootfs -d "$W/panic" "$UPD.tmp/panic.ext4" 64M || die "mkfs.e
 # 6.12, $KV2): the livepatch committed for $KVER no longer fits it. The kernel package is unpacked and its
 # initramfs made in the copy (dpkg's database still names the old kernel: nothing on the image reads it).
 if [[ $ARCH == amd64 ]]; then
+  # Slot A's staged tree is not needed after this on amd64 (slot A and full.ext4 are made): moved, not copied.
   NK="$W/newkernel"
-  cp -a "$ST" "$NK"
+  mv "$ST" "$NK"
   rm -rf "$NK"/boot/*-"$KVER" "$NK/usr/lib/modules/$KVER" "$NK/vmlinuz.old" "$NK/initrd.img.old"
   dpkg-deb --fsys-tarfile "$KV2_DEB" | tar -x --keep-directory-symlink -C "$NK" || die "unpacking $KV2_DEB failed"
   chroot "$NK" depmod -a "$KV2" || die "depmod $KV2 failed"
