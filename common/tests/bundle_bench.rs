@@ -24,7 +24,7 @@ fn bench_verify_once() {
     let trust = TrustStore::from_pem_files(&[anchor], &[], None).unwrap();
     let exp = Expectations {
         compatible,
-        last_committed: None,
+        last_committed: Default::default(),
         allow_downgrade: false,
         now: jiff::Timestamp::now(),
         kernel_release: None,

@@ -20,7 +20,7 @@ const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 fn exp() -> Expectations {
     Expectations {
         compatible: "acme-gw-x86".into(),
-        last_committed: None,
+        last_committed: Default::default(),
         allow_downgrade: false,
         now: Timestamp::now(),
         kernel_release: None,

@@ -25,7 +25,7 @@ fn now() -> Timestamp {
 fn exp() -> Expectations {
     Expectations {
         compatible: "acme-gw-x86".into(),
-        last_committed: Some("1.2.0".into()),
+        last_committed: std::collections::BTreeMap::from([("livepatch".to_string(), "1.2.0".to_string())]),
         allow_downgrade: false,
         now: now(),
         kernel_release: Some("6.1.0-25-amd64".into()),
@@ -598,7 +598,7 @@ fn create_then_verify_and_inspect() {
         assert_eq!(r.chain.len(), 3);
         assert!(serde_json::to_string(&r).unwrap().contains("\"status\":\"valid\""));
         let mut old = exp();
-        old.last_committed = Some("2.0".into());
+        old.last_committed = std::collections::BTreeMap::from([("livepatch".to_string(), "2.0".to_string())]);
         let r = bundle::inspect(&out, Some(&trust()), Some(&old)).unwrap();
         assert!(matches!(&r.verdict, Verdict::Invalid { error } if error.contains("downgrade")), "{:?}", r.verdict);
 

@@ -21,7 +21,7 @@ fn trust() -> TrustStore {
 fn exp() -> Expectations {
     Expectations {
         compatible: "acme-gw-x86".into(),
-        last_committed: Some("2.0.0".into()),
+        last_committed: std::collections::BTreeMap::from([("rauc".to_string(), "2.0.0".to_string())]),
         allow_downgrade: false,
         now: Timestamp::now(),
         kernel_release: None,

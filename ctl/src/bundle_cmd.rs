@@ -47,10 +47,8 @@ fn gateway_expectations(root: &Path) -> Result<(TrustStore, Expectations), Strin
     let trust =
         TrustStore::from_trust_files(&anchors, &settings.trust.allowed_signers, crl.as_deref(), issuer.as_deref())
             .map_err(|e| e.to_string())?;
-    let committed: Option<String> = std::fs::read(under(Path::new("/var/lib/otpatch/committed.json")))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v["bundles"][&settings.gateway.compatible]["version"].as_str().map(str::to_string));
+    let committed =
+        committed_versions(&under(Path::new("/var/lib/otpatch/committed.json")), &settings.gateway.compatible)?;
     let kernel_release =
         std::fs::read_to_string(under(Path::new("/proc/sys/kernel/osrelease"))).ok().map(|s| s.trim().to_string());
     let exp = Expectations {
@@ -61,6 +59,48 @@ fn gateway_expectations(root: &Path) -> Result<(TrustStore, Expectations), Strin
         kernel_release,
     };
     Ok((trust, exp))
+}
+
+/// The versions the gateway committed for `compatible`, by the manifest's kind, as the daemon's anti-rollback
+/// compares them (daemon/src/committed.rs owns the file: `kinds` by compatible and kind, with `bundles`, the
+/// last commit of any kind, for older releases; the newer record of a kind wins). A missing file is nothing
+/// committed; an unreadable one is an error, so a downgrade is never shown as valid.
+fn committed_versions(path: &Path, compatible: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{}: not what the daemon writes: {e}", path.display()))?;
+    let manifest_kind = |k: &str| if k == "ab" { "rauc".to_string() } else { k.to_string() };
+    // (version, committed_at) by manifest kind.
+    let mut out: std::collections::BTreeMap<String, (String, Option<jiff::Timestamp>)> = Default::default();
+    let mut take = |kind: &str, rec: &serde_json::Value, at_key: &str| -> Result<(), String> {
+        let (Some(version), Some(at)) =
+            (rec["version"].as_str(), rec["committed_at"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()))
+        else {
+            return Err(format!("{}: {at_key}: no version or commit time: not what the daemon writes", path.display()));
+        };
+        let e = out.entry(manifest_kind(kind)).or_insert_with(|| (version.to_string(), Some(at)));
+        if Some(at) > e.1 {
+            *e = (version.to_string(), Some(at));
+        }
+        Ok(())
+    };
+    if let Some(kinds) = v["kinds"][compatible].as_object() {
+        for (kind, rec) in kinds {
+            take(kind, rec, &format!("kinds.{compatible}.{kind}"))?;
+        }
+    }
+    let last = &v["bundles"][compatible];
+    if !last.is_null() {
+        let Some(kind) = last["kind"].as_str() else {
+            return Err(format!("{}: bundles.{compatible}: no kind: not what the daemon writes", path.display()));
+        };
+        take(kind, last, &format!("bundles.{compatible}"))?;
+    }
+    Ok(out.into_iter().map(|(k, (v, _))| (k, v)).collect())
 }
 
 pub fn inspect(a: &BundleInspectArgs, json: bool) -> Result<u8, CtlError> {
@@ -131,4 +171,44 @@ pub fn render(r: &InspectReport, unchecked_because: Option<&str>) -> String {
     };
     s.push_str(&format!("Verdict:      {verdict}\n"));
     s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test's failure is its panic
+mod tests {
+    use super::committed_versions;
+
+    #[test]
+    fn committed_versions_are_read_by_kind_as_the_daemon_writes_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("committed.json");
+        assert_eq!(committed_versions(&p, "gw"), Ok(Default::default()), "no file: nothing committed");
+        let rec = |v: &str, kind: &str, at: &str| {
+            serde_json::json!({"version": v, "digest": "d", "kind": kind, "path": "/b", "signer": "CN=v",
+                               "committed_at": at})
+        };
+        let file = serde_json::json!({
+            "bundles": {"gw": rec("3.0.0", "ab", "2026-12-01T00:00:01.5Z")},
+            "kinds": {"gw": {"livepatch": rec("1.1.0", "livepatch", "2026-11-01T00:00:00Z"),
+                             "ab": rec("3.0.0", "ab", "2026-12-01T00:00:01.5Z")}},
+            "time_floor": null
+        });
+        std::fs::write(&p, serde_json::to_vec(&file).unwrap()).unwrap();
+        let v = committed_versions(&p, "gw").unwrap();
+        assert_eq!(v.get("livepatch").map(String::as_str), Some("1.1.0"));
+        assert_eq!(v.get("rauc").map(String::as_str), Some("3.0.0"));
+        // Written by an older release after this one: `bundles` holds a newer livepatch (fractions of a second
+        // of different lengths compare as times, not as text).
+        let mut file = file;
+        file["bundles"]["gw"] = rec("1.2.0", "livepatch", "2026-12-01T00:00:01.25Z");
+        file["kinds"]["gw"]["livepatch"] = rec("1.1.0", "livepatch", "2026-12-01T00:00:01.2Z");
+        std::fs::write(&p, serde_json::to_vec(&file).unwrap()).unwrap();
+        assert_eq!(committed_versions(&p, "gw").unwrap().get("livepatch").map(String::as_str), Some("1.2.0"));
+        std::fs::write(&p, b"{ torn").unwrap();
+        let e = committed_versions(&p, "gw").unwrap_err();
+        assert!(e.contains("committed.json"), "{e}");
+        std::fs::write(&p, br#"{"bundles": {"gw": {"version": "2.0.0"}}}"#).unwrap();
+        let e = committed_versions(&p, "gw").unwrap_err();
+        assert!(e.contains("bundles.gw: no kind"), "{e}");
+    }
 }

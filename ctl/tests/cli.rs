@@ -318,9 +318,20 @@ fn bundle_create_then_inspect_against_the_gateways_policy() {
     let o = otpatchctl(&["bundle", "inspect", "--root", r, out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("ACCEPTED") && stdout(&o).contains("fix.ko"), "{}", stdout(&o));
-    // The gateway already committed a newer version: refused, exit 12.
+    // The gateway committed an A/B image 3.0.0: another kind's series, so the app bundle 1.2.0 is no downgrade.
     fs::create_dir_all(root.join("var/lib/otpatch")).unwrap();
-    fs::write(root.join("var/lib/otpatch/committed.json"), r#"{"bundles":{"acme-gw":{"version":"2.0.0"}}}"#).unwrap();
+    let committed = |kind: &str, version: &str| {
+        let rec = serde_json::json!({"version": version, "digest": "d", "kind": kind, "path": "/b", "signer": "CN=v",
+                                     "committed_at": "2026-12-01T00:00:00Z"});
+        let file =
+            serde_json::json!({"bundles": {"acme-gw": rec}, "kinds": {"acme-gw": {kind: rec}}, "time_floor": null});
+        fs::write(root.join("var/lib/otpatch/committed.json"), file.to_string()).unwrap();
+    };
+    committed("ab", "3.0.0");
+    let o = otpatchctl(&["bundle", "inspect", "--root", r, out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    // The gateway already committed a newer version of this kind: refused, exit 12.
+    committed("app", "2.0.0");
     let o = otpatchctl(&["bundle", "inspect", "--root", r, out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(12), "{}", stdout(&o));
     assert!(stdout(&o).contains("REFUSED"), "{}", stdout(&o));

@@ -17,12 +17,11 @@ pub const PRUNED_DIRS: [&str; 3] = ["downloads", "bundles", "livepatch"];
 /// alone. Returns what was removed and the files that could not be.
 pub fn prune(state_dir: &Path, committed: &Committed) -> (Vec<PathBuf>, Vec<String>) {
     let keep: BTreeSet<PathBuf> = committed
-        .bundles
-        .values()
-        .flat_map(|b| [b.path.clone(), b.path.canonicalize().unwrap_or_else(|_| b.path.clone())])
+        .records()
+        .flat_map(|(_, b)| [b.path.clone(), b.path.canonicalize().unwrap_or_else(|_| b.path.clone())])
         .collect();
     let modules: Vec<String> =
-        committed.bundles.values().map(|b| format!("{}-", &b.digest[..16.min(b.digest.len())])).collect();
+        committed.records().map(|(_, b)| format!("{}-", &b.digest[..16.min(b.digest.len())])).collect();
     let (mut removed, mut problems) = (Vec::new(), Vec::new());
     for dir in PRUNED_DIRS {
         let dir = state_dir.join(dir);
@@ -79,8 +78,8 @@ mod tests {
         }
         std::fs::create_dir_all(s.join("bundles/keep-me")).unwrap();
         let mut c = Committed::default();
-        c.bundles.insert(
-            "gw".into(),
+        c.insert(
+            "gw",
             CommittedBundle {
                 version: "1.0.1".into(),
                 digest: format!("{}{}", "a".repeat(16), "c".repeat(48)),

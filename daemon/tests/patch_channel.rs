@@ -440,7 +440,7 @@ fn publish_index(n: &Nginx, issued: &str, expires: &str, entries: serde_json::Va
 fn index_fetcher(
     n: &Nginx,
     state: &Path,
-    installed: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    installed: Arc<dyn Fn() -> otpatchd::fetch::Installed + Send + Sync>,
 ) -> otpatchd::fetch::HttpsFetcher {
     let trust = otpatch_common::bundle::TrustStore::from_pem_files(&[n.path("sign-ca.pem")], &[], None).unwrap();
     otpatchd::fetch::HttpsFetcher {
@@ -468,7 +468,7 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
     let now = jiff::Timestamp::now();
     publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry("1.2.0"));
     let state = tempfile::tempdir().unwrap();
-    let installed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let installed = Arc::new(std::sync::Mutex::new(otpatchd::fetch::Installed::new()));
     let i2 = installed.clone();
     let fetcher = index_fetcher(&n, state.path(), Arc::new(move || i2.lock().unwrap().clone()));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
@@ -481,7 +481,7 @@ fn the_fetcher_follows_the_signed_index_and_refuses_stale_replayed_or_forged_one
         other => panic!("expected a bundle, got {other:?}"),
     }
     // Once 1.2.0 is committed, the same index offers nothing newer.
-    *installed.lock().unwrap() = Some("1.2.0".into());
+    installed.lock().unwrap().insert("livepatch".into(), "1.2.0".into());
     assert_eq!(
         r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap(),
         FetchOutcome::NothingNewer
@@ -520,7 +520,7 @@ fn a_stale_partial_of_another_file_never_fails_a_download_and_a_rolled_back_vers
     let now = jiff::Timestamp::now();
     publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entries);
     let state = tempfile::tempdir().unwrap();
-    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(Default::default));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
     // 1.2.0 was rolled back here: nothing is downloaded, and the fetch says which version it left out.
@@ -574,7 +574,7 @@ fn a_fallback_bundle_is_fetched_by_name_only_when_the_signed_index_lists_it_for_
         ]),
     );
     let state = tempfile::tempdir().unwrap();
-    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(Default::default));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
     let b = r.block_on(fetcher.fetch_named(&window, "gateway-os-2.1.raucb", no_progress())).unwrap();
@@ -613,7 +613,7 @@ fn an_unreadable_replay_state_fails_closed_and_a_verifier_panic_is_a_refusal() {
     let state = tempfile::tempdir().unwrap();
     // What the replay check remembers, damaged (a torn write, a bad sector): it must not read as "nothing seen".
     std::fs::write(state.path().join("index-state.json"), b"{\"newest_issued\": \"20").unwrap();
-    let fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let fetcher = index_fetcher(&n, state.path(), Arc::new(Default::default));
     let window = otpatchd::engine::WindowCtx { id: "w-1".into(), start: now, end: now + day, auto_start: true };
     let r = rt();
     let e = r.block_on(fetcher.fetch(&window, &Default::default(), no_progress())).unwrap_err();
@@ -639,7 +639,7 @@ fn the_fetcher_connects_to_exactly_the_addresses_recorded_for_the_window() {
     let now = jiff::Timestamp::now();
     publish_index(&n, &(now - day).to_string(), &(now + day).to_string(), entry);
     let state = tempfile::tempdir().unwrap();
-    let mut fetcher = index_fetcher(&n, state.path(), Arc::new(|| None));
+    let mut fetcher = index_fetcher(&n, state.path(), Arc::new(Default::default));
     // The channel as configured: by the server's name ("localhost", which does resolve to nginx here).
     let s = n.server();
     fetcher.channel =

@@ -30,6 +30,7 @@ mod trust;
 mod x509;
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
@@ -60,8 +61,10 @@ pub enum BundleFormat {
 #[derive(Debug, Clone)]
 pub struct Expectations {
     pub compatible: String,
-    /// Version last committed for this compatible, if any.
-    pub last_committed: Option<String>,
+    /// The versions last committed for this compatible, by the manifest's `kind` (`livepatch`, `app`, `rauc`): a
+    /// bundle is compared only with the last one of its own kind. A livepatch and an image are separate series, so
+    /// an image 3.0.0 does not make livepatch 1.2.0 a downgrade.
+    pub last_committed: BTreeMap<String, String>,
     /// Allows an older version, or the same version again.
     pub allow_downgrade: bool,
     pub now: Timestamp,
@@ -276,7 +279,7 @@ pub(crate) fn check_expectations(m: &Manifest, exp: &Expectations) -> Result<(),
             return Err(BundleError::KernelMismatch { running: running.clone(), supported: m.kernel_releases.clone() });
         }
     }
-    if let (Some(last), false) = (&exp.last_committed, exp.allow_downgrade) {
+    if let (Some(last), false) = (exp.last_committed.get(&m.kind), exp.allow_downgrade) {
         match compare_versions(&m.version, last) {
             Ordering::Less => {
                 return Err(BundleError::Downgrade { offered: m.version.clone(), committed: last.clone() })
@@ -359,7 +362,7 @@ pub fn inspect(
             None => {
                 permissive = Expectations {
                     compatible: report.manifest.compatible.clone(),
-                    last_committed: None,
+                    last_committed: Default::default(),
                     allow_downgrade: true,
                     now: Timestamp::now(),
                     kernel_release: None,

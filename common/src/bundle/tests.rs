@@ -83,7 +83,7 @@ fn expectations() {
     let now: Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
     let exp = Expectations {
         compatible: "gw".into(),
-        last_committed: Some("0.9".into()),
+        last_committed: std::collections::BTreeMap::from([("livepatch".to_string(), "0.9".to_string())]),
         allow_downgrade: false,
         now,
         kernel_release: Some("6.1.0".into()),
@@ -95,8 +95,18 @@ fn expectations() {
         check_expectations(&m, &x).unwrap_err()
     };
     assert!(matches!(e(&|x| x.compatible = "other".into()), BundleError::WrongCompatible { .. }));
-    assert!(matches!(e(&|x| x.last_committed = Some("1.0.0".into())), BundleError::AlreadyCommitted { .. }));
-    assert!(matches!(e(&|x| x.last_committed = Some("1.1".into())), BundleError::Downgrade { .. }));
+    assert!(matches!(
+        e(&|x| x.last_committed = std::collections::BTreeMap::from([("livepatch".to_string(), "1.0.0".to_string())])),
+        BundleError::AlreadyCommitted { .. }
+    ));
+    assert!(matches!(
+        e(&|x| x.last_committed = std::collections::BTreeMap::from([("livepatch".to_string(), "1.1".to_string())])),
+        BundleError::Downgrade { .. }
+    ));
+    // Another kind's series is not this one's: a committed image 3.0 does not make livepatch 1.0.0 a downgrade.
+    let mut x = exp.clone();
+    x.last_committed = std::collections::BTreeMap::from([("rauc".to_string(), "3.0".to_string())]);
+    check_expectations(&m, &x).unwrap();
     assert!(matches!(e(&|x| x.kernel_release = Some("6.2".into())), BundleError::KernelMismatch { .. }));
     assert!(matches!(e(&|x| x.now = "2099-01-01T00:00:00Z".parse().unwrap()), BundleError::ManifestExpired { .. }));
 }

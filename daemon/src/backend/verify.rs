@@ -94,7 +94,7 @@ impl BundleVerifier {
         let committed = Committed::load(&self.committed_path()).map_err(BackendError::new)?;
         let exp = Expectations {
             compatible: self.compatible.clone(),
-            last_committed: committed.version_for(&self.compatible).map(str::to_string),
+            last_committed: committed.versions_for(&self.compatible),
             allow_downgrade: self.allow_downgrade || again,
             now: at.unwrap_or_else(|| self.now(&committed)),
             kernel_release: self.kernel_release(),
@@ -427,6 +427,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_livepatch_is_compared_with_livepatches_not_with_the_committed_image() {
+        // A gateway that committed livepatch 1.1.0, then an A/B image 3.0.0 (a new kernel, its own version
+        // series): the next livepatch, 1.2.0, is newer than every livepatch here and must not be refused as a
+        // downgrade from 3.0.0; a replayed 1.0.0 still is, and so is 1.1.0 again.
+        let s = setup(false);
+        let state = s.dir.path().join("var/lib/otpatch/committed.json");
+        let lp11 = make_bundle(&s, "1.1.0", "6.1.0-28-amd64");
+        let v = Verifier::verify(&s.verifier, &BundleRef { path: lp11.clone(), size: 0 }).await.unwrap();
+        Committed::record(&state, &v, Timestamp::now(), None).unwrap();
+        let image = VerifiedBundle {
+            path: s.dir.path().join("var/lib/otpatch/bundles/os-3.0.0.raucb"),
+            kind: PatchKind::Ab,
+            compatible: "acme-gw".into(),
+            version: "3.0.0".into(),
+            digest: "d".repeat(64),
+            signer: "CN=vendor".into(),
+            verified_at: None,
+        };
+        Committed::record(&state, &image, Timestamp::now(), None).unwrap();
+        let lp12 = make_bundle(&s, "1.2.0", "6.1.0-28-amd64");
+        let v = Verifier::verify(&s.verifier, &BundleRef { path: lp12, size: 0 }).await;
+        assert_eq!(v.map(|v| v.version).map_err(|e| e.0), Ok("1.2.0".to_string()));
+        let lp10 = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: lp10, size: 0 }).await.unwrap_err();
+        assert!(e.0.contains("1.1.0"), "refused against the committed livepatch: {e}");
+        let e = Verifier::verify(&s.verifier, &BundleRef { path: lp11, size: 0 }).await.unwrap_err();
+        assert!(e.0.contains("1.1.0"), "{e}");
+    }
+
+    #[tokio::test]
     async fn refuses_downgrades_other_kernels_and_missing_anchors() {
         let s = setup(false);
         let old = make_bundle(&s, "1.0.0", "6.1.0-28-amd64");
@@ -567,7 +597,8 @@ mod tests {
         let index = br#"{"format":1,"issued":"2026-10-01T00:00:00Z","expires":"2026-11-01T00:00:00Z","bundles":[]}"#;
         for with_floor in [true, false] {
             let s = setup(with_floor);
-            let committed = Committed { time_floor: Some(floor), ..Committed::default() };
+            let mut committed = Committed::default();
+            committed.time_floor = Some(floor);
             let path = s.dir.path().join("var/lib/otpatch/committed.json");
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, serde_json::to_vec(&committed).unwrap()).unwrap();

@@ -25,7 +25,7 @@ pub struct BundleRef {
 }
 
 /// What a bundle changes, which decides the apply path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PatchKind {
     /// A kernel livepatch module: no reboot.
@@ -34,6 +34,18 @@ pub enum PatchKind {
     Ab,
     /// An application payload.
     App,
+}
+
+impl PatchKind {
+    /// The signed manifest's `kind` for bundles of this kind (`livepatch`, `app`; RAUC bundles are `rauc`): what
+    /// the verifier's anti-rollback compares a bundle's version within.
+    pub fn manifest_kind(self) -> &'static str {
+        match self {
+            PatchKind::Livepatch => "livepatch",
+            PatchKind::Ab => "rauc",
+            PatchKind::App => "app",
+        }
+    }
 }
 
 impl fmt::Display for PatchKind {

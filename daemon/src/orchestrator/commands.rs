@@ -348,7 +348,7 @@ impl Orchestrator {
         crate::livepatch::applied(&self.setup.sysroot)
             .into_iter()
             .map(|p| {
-                let origin = committed.bundles.iter().find(|(_, b)| {
+                let origin = committed.records().find(|(_, b)| {
                     let prefix = &b.digest[..16.min(b.digest.len())];
                     modules.iter().any(|(file, module)| file.starts_with(prefix) && *module == p.name)
                 });
@@ -356,7 +356,7 @@ impl Orchestrator {
                     name: p.name,
                     enabled: p.enabled,
                     in_transition: p.in_transition,
-                    compatible: origin.map(|(c, _)| c.clone()).unwrap_or_default(),
+                    compatible: origin.map(|(c, _)| c.to_string()).unwrap_or_default(),
                     version: origin.map(|(_, b)| b.version.clone()).unwrap_or_default(),
                     committed_at: origin.map(|(_, b)| b.committed_at.to_string()).unwrap_or_default(),
                 }

@@ -76,9 +76,8 @@ impl Orchestrator {
         let committed = crate::committed::Committed::load(&path)
             .map_err(|e| format!("cannot tell which livepatch was committed before, to put it back: {e}"))?;
         Ok(committed
-            .bundles
-            .get(&bundle.compatible)
-            .filter(|c| c.kind == PatchKind::Livepatch && c.digest != bundle.digest)
+            .get(&bundle.compatible, PatchKind::Livepatch)
+            .filter(|c| c.digest != bundle.digest)
             .map(|c| c.to_verified(&bundle.compatible)))
     }
 

@@ -403,7 +403,7 @@ pub fn check(data: &[u8], ctx: &Context) -> Vec<u8> {
         if std::fs::write(path, &bundle).is_ok() {
             let exp = Expectations {
                 compatible: "gw".into(),
-                last_committed: None,
+                last_committed: Default::default(),
                 allow_downgrade: false,
                 now: ctx.now,
                 kernel_release: None,

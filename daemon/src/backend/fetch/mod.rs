@@ -115,13 +115,13 @@ impl Index {
         Ok(idx)
     }
 
-    /// The newest bundle for `compatible` that is newer than `installed` (versions compared as the verifier's
-    /// anti-rollback compares them).
-    pub fn pick(&self, compatible: &str, installed: Option<&str>) -> Option<&IndexEntry> {
+    /// The newest bundle for `compatible` that is newer than what is installed of its kind (versions compared as
+    /// the verifier's anti-rollback compares them).
+    pub fn pick(&self, compatible: &str, installed: &Installed) -> Option<&IndexEntry> {
         self.bundles
             .iter()
             .filter(|b| b.compatible == compatible)
-            .filter(|b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
+            .filter(|b| is_newer(b, installed))
             .max_by(|a, b| compare_versions(&a.version, &b.version))
     }
 
@@ -131,15 +131,11 @@ impl Index {
     pub fn pick_avoiding<'a>(
         &'a self,
         compatible: &str,
-        installed: Option<&str>,
+        installed: &'a Installed,
         avoid: &'a crate::rolled_back::RolledBack,
     ) -> Pick<'a> {
-        let newer = || {
-            self.bundles
-                .iter()
-                .filter(move |b| b.compatible == compatible)
-                .filter(move |b| installed.is_none_or(|v| compare_versions(&b.version, v).is_gt()))
-        };
+        let newer =
+            || self.bundles.iter().filter(move |b| b.compatible == compatible).filter(move |b| is_newer(b, installed));
         if let Some(e) = newer()
             .filter(|b| avoid.find(compatible, &b.version).is_none())
             .max_by(|a, b| compare_versions(&a.version, &b.version))
@@ -151,6 +147,21 @@ impl Index {
             .max_by(|a, b| compare_versions(&a.version, &b.version))
             .map_or(Pick::Nothing, Pick::RolledBack)
     }
+}
+
+/// What this gateway committed for its compatible, by the signed manifest's kind (`livepatch`, `app`, `rauc`):
+/// version. A livepatch and an A/B image are separate series (see `crate::committed`).
+pub type Installed = std::collections::BTreeMap<String, String>;
+
+/// Whether `entry` is newer than what is installed of its kind. The index's `kind` is the server's word, not
+/// signed into the bundle: it only chooses what to fetch; the verifier compares the bundle's signed kind and
+/// version again. `ab` and `rauc` both name an A/B image.
+fn is_newer(entry: &IndexEntry, installed: &Installed) -> bool {
+    let kind = match entry.kind.as_str() {
+        "ab" => "rauc",
+        k => k,
+    };
+    installed.get(kind).is_none_or(|v| compare_versions(&entry.version, v).is_gt())
 }
 
 /// What [`Index::pick_avoiding`] found.
@@ -170,8 +181,8 @@ pub struct HttpsFetcher {
     /// `<state>`: `downloads/`, `bundles/`, `index-state.json` go here.
     pub state_dir: PathBuf,
     pub verifier: Arc<dyn IndexVerifier>,
-    /// The version committed on this gateway, if any (anti-rollback: only newer ones are fetched).
-    pub installed: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// What this gateway committed, by kind (anti-rollback: only newer ones are fetched).
+    pub installed: Arc<dyn Fn() -> Installed + Send + Sync>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -206,7 +217,7 @@ impl Fetcher for HttpsFetcher {
         let ch = self.channel_for(window)?;
         let idx = self.index(&ch, window, &progress).await?;
         let installed = (self.installed)();
-        match idx.pick_avoiding(&self.compatible, installed.as_deref(), avoid) {
+        match idx.pick_avoiding(&self.compatible, &installed, avoid) {
             Pick::Entry(entry) => Ok(FetchOutcome::Bundle(self.get(&ch, entry, &progress).await?)),
             Pick::RolledBack(r) => Ok(FetchOutcome::RolledBack(r.clone())),
             Pick::Nothing => Ok(FetchOutcome::NothingNewer),
@@ -295,13 +306,39 @@ mod tests {
         .unwrap()
     }
 
+    /// What is installed: livepatch `v`, if any.
+    fn lp(v: Option<&str>) -> Installed {
+        v.map(|v| Installed::from([("livepatch".to_string(), v.to_string())])).unwrap_or_default()
+    }
+
+    #[test]
+    fn each_kind_is_compared_with_its_own_series() {
+        let now = t("2026-12-01T00:00:00Z");
+        let mut idx = Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, None).unwrap();
+        idx.bundles.push(IndexEntry {
+            version: "3.0.0".into(),
+            kind: "ab".into(),
+            file: "os-3.raucb".into(),
+            ..idx.bundles[0].clone()
+        });
+        // Image 3.0.0 committed, livepatch 1.9: livepatch 1.10 is newer than its own series, not older than 3.0.0.
+        let mut installed = lp(Some("1.9"));
+        installed.insert("rauc".into(), "3.0.0".into());
+        assert_eq!(idx.pick("gw", &installed).map(|e| e.version.as_str()), Some("1.10"));
+        installed.insert("livepatch".into(), "1.10".into());
+        assert_eq!(idx.pick("gw", &installed), None, "nothing is newer of either kind");
+        // Nothing committed as an image yet: the image 3.0.0 is the newest newer bundle.
+        installed.remove("rauc");
+        assert_eq!(idx.pick("gw", &installed).map(|e| e.file.as_str()), Some("os-3.raucb"));
+    }
+
     #[test]
     fn index_freshness_and_replay() {
         let now = t("2026-12-01T00:00:00Z");
         let idx = Index::check(&index("2026-11-30T00:00:00Z", "2026-12-30T00:00:00Z"), now, None).unwrap();
-        assert_eq!(idx.pick("gw", None).unwrap().version, "1.10");
-        assert_eq!(idx.pick("gw", Some("1.9")).unwrap().version, "1.10");
-        assert!(idx.pick("gw", Some("1.10")).is_none());
+        assert_eq!(idx.pick("gw", &lp(None)).unwrap().version, "1.10");
+        assert_eq!(idx.pick("gw", &lp(Some("1.9"))).unwrap().version, "1.10");
+        assert!(idx.pick("gw", &lp(Some("1.10"))).is_none());
         let e = Index::check(&index("2026-11-01T00:00:00Z", "2026-11-15T00:00:00Z"), now, None).unwrap_err();
         assert!(e.0.contains("expired"), "{e}");
         let e =
@@ -322,16 +359,16 @@ mod tests {
             why: "health failed".into(),
         };
         let none = crate::rolled_back::RolledBack::default();
-        assert!(matches!(idx.pick_avoiding("gw", Some("1.9"), &none), Pick::Entry(e) if e.version == "1.10"));
+        assert!(matches!(idx.pick_avoiding("gw", &lp(Some("1.9")), &none), Pick::Entry(e) if e.version == "1.10"));
         // 1.10 rolled back: nothing else is newer than 1.9, so the window says why it installs nothing.
         let ten = crate::rolled_back::RolledBack { versions: vec![rec("1.10")] };
-        assert!(matches!(idx.pick_avoiding("gw", Some("1.9"), &ten), Pick::RolledBack(r) if r.version == "1.10"));
+        assert!(matches!(idx.pick_avoiding("gw", &lp(Some("1.9")), &ten), Pick::RolledBack(r) if r.version == "1.10"));
         // From 1.8 on, 1.9 (not rolled back) is taken instead.
-        assert!(matches!(idx.pick_avoiding("gw", Some("1.8"), &ten), Pick::Entry(e) if e.version == "1.9"));
+        assert!(matches!(idx.pick_avoiding("gw", &lp(Some("1.8")), &ten), Pick::Entry(e) if e.version == "1.9"));
         // A version newer than the rolled-back one is taken as usual.
         let nine = crate::rolled_back::RolledBack { versions: vec![rec("1.9")] };
-        assert!(matches!(idx.pick_avoiding("gw", Some("1.8"), &nine), Pick::Entry(e) if e.version == "1.10"));
-        assert_eq!(idx.pick_avoiding("gw", Some("1.10"), &ten), Pick::Nothing);
+        assert!(matches!(idx.pick_avoiding("gw", &lp(Some("1.8")), &nine), Pick::Entry(e) if e.version == "1.10"));
+        assert_eq!(idx.pick_avoiding("gw", &lp(Some("1.10")), &ten), Pick::Nothing);
     }
 
     #[test]

@@ -70,8 +70,9 @@ async fn without_a_fallback_a_livepatch_for_another_kernel_is_refused() {
     r.stop().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn rolling_back_v2_puts_the_committed_v1_back() {
+/// Window 1 commits livepatch 1.0.1; `between` changes the state directory; window 2 brings 1.0.2 and the
+/// plant's health fails with it. Returns the world after window 2 and what is committed then.
+async fn roll_back_v2(between: impl FnOnce(&Path)) -> (WorldState, crate::committed::Committed) {
     let dir = tempfile::tempdir().unwrap();
     let world_file = dir.path().join("world.json");
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
@@ -81,8 +82,8 @@ async fn rolling_back_v2_puts_the_committed_v1_back() {
     r.schedule("2026-12-01T00:10", "90m").await.unwrap();
     assert_eq!(r.completed(&mut notices).await, "committed 1.0.1");
     r.stop().await;
+    between(dir.path());
 
-    // The next window brings 1.0.2, and the plant's health fails with it.
     let v2 = script(|s| {
         s.version = "1.0.2".into();
         s.health = FakeHealth::Fail;
@@ -93,14 +94,44 @@ async fn rolling_back_v2_puts_the_committed_v1_back() {
     r.schedule("2026-12-01T02:10", "90m").await.unwrap();
     let outcome = r.completed(&mut notices).await;
     assert_eq!(OutcomeKind::of(&outcome), Some(OutcomeKind::RolledBack), "{outcome}");
-    let w = world.snapshot();
+    r.stop().await;
+    let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
+    (world.snapshot(), committed)
+}
+
+#[tokio::test(start_paused = true)]
+async fn rolling_back_v2_puts_the_committed_v1_back() {
+    let (w, committed) = roll_back_v2(|_| {}).await;
     assert_eq!(w.applied, vec!["1.0.1"], "the committed fix is in place again: {:?}", w.calls);
     let revert = w.calls.iter().position(|c| c == "livepatch.revert 1.0.2").unwrap();
     let restore = w.calls.iter().position(|c| c == "livepatch.restore 1.0.1").unwrap();
     assert!(revert < restore, "{:?}", w.calls);
-    let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
-    assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
-    r.stop().await;
+    assert_eq!(committed.version_for("otpatch-demo", crate::engine::PatchKind::Livepatch), Some("1.0.1"));
+}
+
+/// As above, with an A/B image committed between the two windows (its own version series, recorded beside the
+/// livepatch): rolling livepatch 1.0.2 back still puts the committed livepatch 1.0.1 back.
+#[tokio::test(start_paused = true)]
+async fn rolling_back_a_livepatch_after_an_image_commit_puts_the_committed_livepatch_back() {
+    let (w, committed) = roll_back_v2(|root| {
+        let image = crate::engine::VerifiedBundle {
+            path: root.join("var/lib/otpatch/bundles/os-2.1.0.raucb"),
+            kind: crate::engine::PatchKind::Ab,
+            compatible: "otpatch-demo".into(),
+            version: "2.1.0".into(),
+            digest: crate::backend::fake::fake_digest("2.1.0"),
+            signer: "CN=vendor".into(),
+            verified_at: None,
+        };
+        let after_the_first: jiff::Timestamp = "2026-12-01T01:00:00Z".parse().unwrap();
+        let file = root.join("var/lib/otpatch/committed.json");
+        crate::committed::Committed::record(&file, &image, after_the_first, None).unwrap();
+    })
+    .await;
+    assert_eq!(w.applied, vec!["1.0.1"], "the committed livepatch is in place again: {:?}", w.calls);
+    assert!(w.calls.iter().any(|c| c == "livepatch.restore 1.0.1"), "put back, not only 1.0.2 reverted: {:?}", w.calls);
+    assert_eq!(committed.version_for("otpatch-demo", crate::engine::PatchKind::Livepatch), Some("1.0.1"));
+    assert_eq!(committed.version_for("otpatch-demo", crate::engine::PatchKind::Ab), Some("2.1.0"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -272,7 +303,7 @@ async fn bundles_and_modules_are_pruned_to_the_committed_one_at_the_end_of_each_
     assert!(bundle.exists() && module.exists(), "the committed bundle and module are kept");
     assert!(!bad.exists() && !bad_module.exists());
     let committed = crate::committed::Committed::load(&state.join("committed.json")).unwrap();
-    assert_eq!(committed.bundles["otpatch-demo"].path, bundle);
+    assert_eq!(committed.get("otpatch-demo", crate::engine::PatchKind::Livepatch).unwrap().path, bundle);
     let audit = std::fs::read_to_string(state.join("audit.log")).unwrap();
     assert!(audit.contains(r#""kind":"state-pruned""#), "{audit}");
 }

@@ -204,7 +204,7 @@ async fn happy_path_commits_and_lifts() {
     assert!(!w.health_watch, "not watched after the window");
     assert_eq!(order.last(), Some(&"firewall.lift"));
     let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
-    assert_eq!(committed.version_for("otpatch-demo"), Some("1.0.1"));
+    assert_eq!(committed.version_for("otpatch-demo", crate::engine::PatchKind::Livepatch), Some("1.0.1"));
     assert_eq!(
         transitions(dir.path()),
         [
