@@ -12,7 +12,10 @@
 #              offers an A/B update: image 3.0.0 with a newer kernel (bookworm-backports' 6.12); installed into
 #              B, reboot.
 #   run 4 (B): the newer kernel runs; v1 (built for the old kernel) no longer fits: otpatchctl status says so
-#              and nothing is loaded; the A/B window commits 3.0.0 after its observation.
+#              and nothing is loaded; the A/B window commits 3.0.0 after its observation. committed.json keeps
+#              v1 beside 3.0.0 (each kind its own record). The site then goes back to slot A, as after an image
+#              found bad in the field (`rauc status mark-active other`), and reboots.
+#   run 5 (A): A's old kernel runs: v1 is re-applied before READY (it fits again); nothing is missing.
 # Each run reports facts; the host judges them (hil/image/tools/judge.py, judge_months).
 # lib.sh sets -u, pipefail and noglob.
 . /usr/lib/otpatch-hil/lib.sh
@@ -102,5 +105,12 @@ case $N in
     reapply_facts
     lp_facts new-kernel
     window_report committed
+    out=$(timeout 60 rauc status mark-active other 2>&1)
+    fact mark-active n="$N" rc=$? msg=$(q "$out")
+    reboot_next "$N"
+    ;;
+  5)
+    reapply_facts
+    lp_facts back-on-a
     ;;
 esac

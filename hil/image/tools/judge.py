@@ -409,7 +409,7 @@ def judge_ab_panic(j, lines, facts):
             g.get(3, "none"))
     j.check("GRUB boot 3: both slots in TRY state until one is marked good", "A_TRY=1" in g.get(3, "")
             and "B_TRY=1" in g.get(3, ""), g.get(3, "none"))
-    judge_rollback(j, facts, 2, "came back on slot A")
+    judge_rollback(j, facts, 2, "came back on slot A, which runs image 1.0.0, not the updated 2.0.0")
     return fig
 
 
@@ -474,10 +474,11 @@ def judge_powercut(j, lines, facts):
 def judge_months(j, lines, facts):
     """A gateway's months (scenario 6): v1 committed, v2 rolled back with v1 kept, a power cut, v1 re-applied
     before READY, the clock past v1's expiry and v1 still re-applied, an A/B update to a newer kernel that v1
-    does not fit: nothing loaded by force, status says so."""
+    does not fit: nothing loaded by force, status says so; committed with v1 kept beside it, then back on A
+    (its old kernel) v1 is re-applied before READY."""
     lp = "otpatch_lp_cmdline"
     boots = every(facts, "boot")
-    j.check("four runs reported", [b.get("n") for b in boots] == ["1", "2", "3", "4"],
+    j.check("five runs reported", [b.get("n") for b in boots] == ["1", "2", "3", "4", "5"],
             ",".join(b.get("n", "?") for b in boots))
     v1 = first(facts, "v1", n="1")
     j.check("run 1: v1 committed", v1.get("outcome", "").startswith("committed") and "1.0.0" in v1.get("outcome", ""),
@@ -551,6 +552,25 @@ def judge_months(j, lines, facts):
     j.check("run 4: audit records the failed re-apply", "boot-reapply-failed" in nk.get("kinds", ""),
             nk.get("kinds", "")[-120:])
     committed_on_b(j, first(facts, "committed", n="4"), "run 4", "3.0.0")
+    c4 = first(facts, "committed", n="4").get("committed_json", "")
+    # (reports carry JSON without its quotes: see q in guest/lib.sh)
+    kinds4 = c4[c4.find("kinds"):]
+    j.check("run 4: committed.json keeps v1 beside 3.0.0",
+            re.search(r"livepatch\s*:\s*\{\s*version\s*:\s*1\.0\.0\b", kinds4) is not None and
+            re.search(r"\bab\s*:\s*\{\s*version\s*:\s*3\.0\.0\b", kinds4) is not None, kinds4[:160])
+    ma = first(facts, "mark-active", n="4")
+    j.check("run 4: the site switches back to slot A", ma.get("rc") == "0", ma.get("msg", "")[:100])
+    check_slot(j, first(facts, "boot", n="5"), "run 5", "A", "1.0.0")
+    reapplied_before_ready(5, "run 5 (back on A)")
+    ba = first(facts, "back-on-a", n="5")
+    j.check("run 5: A's kernel, v1 loaded, nothing missing", ba.get("kernel") == v1.get("kernel") and
+            ba.get("livepatches") == lp and ba.get("marker") == "otpatch.livepatch=v1" and ba.get("modules") == "1"
+            and "[]" in ba.get("not_in_place", ""), "uname -r %s, livepatches %s, %s, %s" % (
+                ba.get("kernel"), ba.get("livepatches"), ba.get("marker"), ba.get("not_in_place")))
+    since_commit = ba.get("kinds", "").split(",commit")[-1]
+    j.check("run 5: audit records the re-apply", re.search(r"(^|,)boot-reapply(\*\d+)?(,|$)", since_commit) is not None,
+            since_commit[-120:])
+    j.check("run 5: audit chain intact", "intact" in ba.get("audit", "").lower(), ba.get("audit", "")[:90])
     resets = [t for _, _, tag, t in j.blines if tag == "HIL-GRUB" and t.startswith("no bootable slot")]
     j.check("GRUB never ran out of slots", not resets, resets[0] if resets else "")
     if ac.h >= 0:
@@ -592,7 +612,7 @@ def main():
                 tag == "HIL-FACT" and text.split(" ", 1)[0] in
                 ("runner", "unit", "window-scheduled", "stopped", "watchdog-sample", "after-restart", "boot",
                  "observing", "committed", "rolled-back", "reboot", "error", "v1", "v2", "after-cut", "reapply",
-                 "clock-ahead", "new-kernel", "serve-from")):
+                 "clock-ahead", "new-kernel", "serve-from", "mark-active", "back-on-a")):
             print("    b%d %8d  %-11s %s" % (b, h, tag[4:].lower(), text[:150]))
     print("    figures:")
     for k, v in fig.items():
