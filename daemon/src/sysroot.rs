@@ -60,6 +60,20 @@ impl Sysroot {
             id => Ok(id.to_string()),
         }
     }
+
+    /// The version of the OS image this system runs: `IMAGE_VERSION=` of os-release(5) (`/etc/os-release`, else
+    /// `/usr/lib/os-release` when the first does not exist), as an image build stamps it. `None` when the file
+    /// names none. Only printable ASCII is kept, at most 64 characters: the value goes into outcomes and the audit
+    /// log.
+    pub fn image_version(&self) -> Option<String> {
+        let text = ["/etc/os-release", "/usr/lib/os-release"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(self.path(f)).ok())?;
+        let value = text.lines().find_map(|l| l.trim().strip_prefix("IMAGE_VERSION="))?.trim();
+        let unquoted = ['"', '\''].iter().find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q)).unwrap_or(value);
+        let clean: String = unquoted.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect();
+        (!clean.trim().is_empty()).then(|| clean.trim().to_string())
+    }
 }
 
 #[cfg(test)]
@@ -73,5 +87,22 @@ mod tests {
         assert_eq!(r.path("/etc/../../etc/passwd"), PathBuf::from("/tmp/fake/etc/etc/passwd"));
         assert_eq!(Sysroot::host().path("/run/otpatch"), PathBuf::from("/run/otpatch"));
         assert_eq!(r.state_dir(), PathBuf::from("/tmp/fake/var/lib/otpatch"));
+    }
+
+    #[test]
+    fn the_image_version_comes_from_os_release() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Sysroot::new(d.path());
+        assert_eq!(r.image_version(), None, "no os-release");
+        std::fs::create_dir_all(d.path().join("usr/lib")).unwrap();
+        std::fs::write(d.path().join("usr/lib/os-release"), "ID=debian\nIMAGE_VERSION=\"1.0.0\"\n").unwrap();
+        assert_eq!(r.image_version().as_deref(), Some("1.0.0"));
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/os-release"), "ID=poky\nIMAGE_VERSION='2.1.0-rc1'\n").unwrap();
+        assert_eq!(r.image_version().as_deref(), Some("2.1.0-rc1"), "/etc first");
+        std::fs::write(d.path().join("etc/os-release"), "IMAGE_VERSION=\"3.0\x1b[2J\"\nVERSION_ID=12\n").unwrap();
+        assert_eq!(r.image_version().as_deref(), Some("3.0[2J"), "no control characters");
+        std::fs::write(d.path().join("etc/os-release"), "VERSION_ID=12\n").unwrap();
+        assert_eq!(r.image_version(), None, "/etc/os-release without IMAGE_VERSION: not looked up further");
     }
 }

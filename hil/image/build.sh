@@ -218,8 +218,15 @@ install -D -m 0644 "$IMG/guest/hil-runner.service" "$ST/usr/lib/systemd/system/h
 ln -sf /usr/lib/systemd/system/hil-provision.service "$ST/etc/systemd/system/multi-user.target.wants/"
 ln -sf /usr/lib/systemd/system/hil-runner.service "$ST/etc/systemd/system/multi-user.target.wants/"
 install -D -m 0644 "$IMG/guest/lib.sh" "$ST/usr/lib/otpatch-hil/lib.sh"
-# Which image a slot holds: the A/B scenarios tell the installed update from the original by it.
-echo 1.0.0 >"$ST/usr/lib/otpatch-hil/image-version"
+# Which image a slot holds: the A/B scenarios tell the installed update from the original by it, and otpatchd
+# names it (os-release's IMAGE_VERSION, as meta-otpatch's os-release.bbappend stamps it) in the rollback it
+# records after a bootloader fallback.
+image_version() {
+  echo "$2" >"$1/usr/lib/otpatch-hil/image-version"
+  sed -i '/^IMAGE_VERSION=/d' "$1/usr/lib/os-release"
+  echo "IMAGE_VERSION=\"$2\"" >>"$1/usr/lib/os-release"
+}
+image_version "$ST" 1.0.0
 
 # ---------------------------------------------------------------- file systems
 # Sizes in MiB; the GPT's partitions start at 1 MiB and follow each other.
@@ -237,7 +244,7 @@ say "file systems: slots and data in $(ms "$t") ms"
 t=$(date +%s%N)
 rm -rf "$OUT"/update-*
 mkdir -p "$UPD.tmp"
-echo 2.0.0 >"$ST/usr/lib/otpatch-hil/image-version"
+image_version "$ST" 2.0.0
 mkfs.ext4 -q -F -L rootfs -d "$ST" "$UPD.tmp/full.ext4" "$(( $(du -sm "$ST" | cut -f1) * 112 / 100 + 48 ))M" ||
   die "mkfs.ext4 of the update failed"
 install -d "$W/panic/boot"
@@ -258,7 +265,7 @@ if [[ $ARCH == amd64 ]]; then
     { tail -n 20 "$OUT/newkernel-initramfs.log" >&2; die "update-initramfs $KV2 failed"; }
   ln -sfn "boot/vmlinuz-$KV2" "$NK/vmlinuz"
   ln -sfn "boot/initrd.img-$KV2" "$NK/initrd.img"
-  echo 3.0.0 >"$NK/usr/lib/otpatch-hil/image-version"
+  image_version "$NK" 3.0.0
   mkfs.ext4 -q -F -L rootfs -d "$NK" "$UPD.tmp/newkernel.ext4" "$(( $(du -sm "$NK" | cut -f1) * 112 / 100 + 48 ))M" ||
     die "mkfs.ext4 of the newer kernel's image failed"
   rm -rf "$NK"

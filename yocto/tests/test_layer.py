@@ -374,6 +374,14 @@ class Kernel(unittest.TestCase):
             self.assertIn("file://" + name, inc)
         self.assertIn("linux-yocto-otpatch.inc", read(KERNEL, "linux", "linux-yocto_%.bbappend"))
 
+    def test_os_release_names_the_image_version(self):
+        # otpatchd reads IMAGE_VERSION for the rollback it records after a bootloader fallback.
+        d = os.path.join(LAYER, "recipes-core", "os-release")
+        self.assertIn("'otpatch', 'os-release-otpatch.inc'", read(d, "os-release.bbappend"))
+        inc = read(d, "os-release-otpatch.inc")
+        self.assertIn('OS_RELEASE_FIELDS:append = " IMAGE_VERSION"', inc)
+        self.assertIn('IMAGE_VERSION = "${OTPATCH_IMAGE_VERSION}"', inc)
+
     def test_example_license_checksum(self):
         recipe = read(KERNEL, "livepatch-otpatch-example", "livepatch-otpatch-example_1.0.bb")
         m = re.search(r"file://([^;]+);beginline=(\d+);endline=(\d+);md5=([0-9a-f]{32})", recipe)

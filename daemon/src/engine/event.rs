@@ -58,6 +58,9 @@ pub enum Event {
     Booted {
         slot: String,
         boot_id: String,
+        /// The version of the image that runs (os-release's `IMAGE_VERSION`); empty when the image names none.
+        #[serde(default)]
+        running: String,
     },
     /// At start, with no window in progress: the gateway runs an A/B slot that was staged (installed, reboot
     /// pending) and never confirmed. `window` is the confirmation's own span (the observation must fit in it).

@@ -105,8 +105,15 @@ pub enum Reason {
     Interrupted,
     /// The rollback itself failed: the gateway needs attention.
     RollbackFailed(String),
-    /// The gateway came back from the update's reboot on the old slot (the bootloader fell back).
+    /// The gateway came back from the update's reboot on the old slot (the bootloader fell back); the image it
+    /// runs did not say its version.
     BootFallback(String),
+    /// As [`Reason::BootFallback`], with the version of the image that runs and of the one that did not come up.
+    CameBack {
+        slot: String,
+        running: String,
+        updated: String,
+    },
     /// A transition could not be written to the journal: nothing goes on without it on disk.
     Journal(String),
 }
@@ -128,6 +135,9 @@ impl fmt::Display for Reason {
             Reason::Interrupted => f.write_str("daemon restarted while the change was in place"),
             Reason::RollbackFailed(m) => write!(f, "rollback failed: {m}"),
             Reason::BootFallback(slot) => write!(f, "the gateway came back on slot {slot}, not the updated one"),
+            Reason::CameBack { slot, running, updated } => {
+                write!(f, "the gateway came back on slot {slot}, which runs image {running}, not the updated {updated}")
+            }
             Reason::Journal(m) => write!(f, "journal write failed: {m}"),
         }
     }

@@ -93,14 +93,26 @@ impl Engine {
             (S::Rebooting { window, bundle, checkpoint, .. }, E::RebootFailed { error }) => {
                 rollback(window, bundle, checkpoint, Reason::Apply(format!("reboot: {error}")))
             }
-            (S::Rebooting { window, bundle, checkpoint, slot, boot_id }, E::Booted { slot: now, boot_id: boot }) => {
+            (
+                S::Rebooting { window, bundle, checkpoint, slot, boot_id },
+                E::Booted { slot: now, boot_id: boot, running },
+            ) => {
                 if boot == boot_id {
                     // Restarted before the reboot happened: nobody will observe the new slot in this window.
                     rollback(window, bundle, checkpoint, Reason::Interrupted)
                 } else if now == slot {
                     S::Observing { window: window.clone(), bundle: bundle.clone(), checkpoint: checkpoint.clone() }
                 } else {
-                    rollback(window, bundle, checkpoint, Reason::BootFallback(now.clone()))
+                    let reason = if running.is_empty() {
+                        Reason::BootFallback(now.clone())
+                    } else {
+                        Reason::CameBack {
+                            slot: now.clone(),
+                            running: running.clone(),
+                            updated: bundle.version.clone(),
+                        }
+                    };
+                    rollback(window, bundle, checkpoint, reason)
                 }
             }
             (

@@ -137,7 +137,8 @@ impl Orchestrator {
                 Box::pin(async move { drive::reboot(&b, &window, &slot, limit, progress).await })
             }
             Drive::ConfirmBoot { slot, boot_id } => {
-                Box::pin(async move { drive::confirm_boot(&b, &slot, &boot_id).await })
+                let running = self.setup.sysroot.image_version();
+                Box::pin(async move { drive::confirm_boot(&b, &slot, &boot_id, running).await })
             }
             Drive::Observe { .. } => {
                 let period = self.policy.settings.rollback.observation;

@@ -143,16 +143,18 @@ pub async fn reboot(b: &Backends, window: &str, slot: &str, limit: Duration, pro
     Event::RebootFailed { error: b.rebooter.reboot_and_wait(&why, limit).await.to_string() }
 }
 
-/// `ConfirmBoot`: which slot runs, in which boot (the reboot into `slot` was asked for in boot `boot_id`).
-pub async fn confirm_boot(b: &Backends, slot: &str, boot_id: &str) -> Event {
+/// `ConfirmBoot`: which slot runs, in which boot (the reboot into `slot` was asked for in boot `boot_id`), and
+/// the version of the image that runs (`running`, os-release's; empty when unknown).
+pub async fn confirm_boot(b: &Backends, slot: &str, boot_id: &str, running: Option<String>) -> Event {
     let now = match b.rebooter.boot_id() {
         Ok(id) => id,
         Err(e) => return Event::RebootFailed { error: format!("cannot tell this boot from the last: {e}") },
     };
     match b.ab_updater.booted_slot().await {
         Ok(booted) => {
-            info!(expected = %slot, booted = %booted, new_boot = now != boot_id, "boot after the update's reboot");
-            Event::Booted { slot: booted, boot_id: now }
+            let running = running.unwrap_or_default();
+            info!(expected = %slot, booted = %booted, image = %running, new_boot = now != boot_id, "boot after the update's reboot");
+            Event::Booted { slot: booted, boot_id: now, running }
         }
         Err(e) => Event::RebootFailed { error: format!("cannot tell which slot booted: {e}") },
     }

@@ -255,8 +255,9 @@ fn ab_update_reboots_inside_the_window_and_is_kept_after_observation_on_the_new_
     let (same, actions) = engine.recover(&rebooting, true);
     assert_eq!(same, rebooting);
     assert_eq!(actions, Actions::drive(Drive::ConfirmBoot { slot: "B".into(), boot_id: "boot-1".into() }));
-    let (observing, actions) =
-        engine.step(&rebooting, &Event::Booted { slot: "B".into(), boot_id: "boot-2".into() }).unwrap();
+    let (observing, actions) = engine
+        .step(&rebooting, &Event::Booted { slot: "B".into(), boot_id: "boot-2".into(), running: String::new() })
+        .unwrap();
     // Health failing on the new slot rolls back (the A/B updater marks it bad and boots the old one).
     observed_then_kept_or_rolled_back(&engine, &observing, actions);
 }
@@ -281,10 +282,22 @@ fn ab_boot_on_the_old_slot_or_no_reboot_at_all_rolls_back() {
     assert_eq!(events.pop(), Some(Event::Applied));
     events.push(Event::Installed { slot: "B".into(), boot_id: "boot-1".into() });
     let rebooting = run(&engine, &events).last().unwrap().0.clone();
-    let (s, _) = engine.step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-2".into() }).unwrap();
+    let (s, _) = engine
+        .step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-2".into(), running: String::new() })
+        .unwrap();
     assert!(matches!(&s, State::RollingBack { reason: Reason::BootFallback(slot), .. } if slot == "A"), "{s:?}");
+    // The image says its version: the rollback names what runs and what did not come up.
+    let back = Event::Booted { slot: "A".into(), boot_id: "boot-2".into(), running: "1.0.0".into() };
+    let (s, _) = engine.step(&rebooting, &back).unwrap();
+    let State::RollingBack { reason, bundle, .. } = &s else { panic!("{s:?}") };
+    assert_eq!(
+        reason.to_string(),
+        format!("the gateway came back on slot A, which runs image 1.0.0, not the updated {}", bundle.version)
+    );
     // Restarted without the reboot having happened (same boot): nobody observed slot B.
-    let (s, _) = engine.step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-1".into() }).unwrap();
+    let (s, _) = engine
+        .step(&rebooting, &Event::Booted { slot: "A".into(), boot_id: "boot-1".into(), running: String::new() })
+        .unwrap();
     assert!(matches!(&s, State::RollingBack { reason: Reason::Interrupted, .. }), "{s:?}");
     let (s, _) = engine.step(&rebooting, &Event::RebootFailed { error: "logind said no".into() }).unwrap();
     assert!(matches!(&s, State::RollingBack { reason: Reason::Apply(m), .. } if m.contains("logind said no")));

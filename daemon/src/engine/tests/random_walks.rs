@@ -28,7 +28,7 @@ fn advance(state: &State, n: u8) -> Event {
         State::Checkpointed { .. } => Event::ApplyStarted,
         State::Applying { .. } if n == 2 => Event::Installed { slot: "B".into(), boot_id: "boot-1".into() },
         State::Applying { .. } => Event::Applied,
-        State::Rebooting { .. } => Event::Booted { slot: "B".into(), boot_id: "boot-2".into() },
+        State::Rebooting { .. } => Event::Booted { slot: "B".into(), boot_id: "boot-2".into(), running: String::new() },
         State::Observing { .. } => Event::Healthy,
         State::RollingBack { .. } => Event::RolledBack,
         State::Committed { .. }
@@ -63,7 +63,7 @@ fn event_strategy() -> impl Strategy<Value = Event> {
         Just(Event::StagedBooted { window: window("w-confirm"), bundle: verified(2) }),
         Just(Event::RebootFailed { error: "e".into() }),
         (prop_oneof![Just("A"), Just("B")], prop_oneof![Just("boot-1"), Just("boot-2")])
-            .prop_map(|(s, b)| Event::Booted { slot: s.into(), boot_id: b.into() }),
+            .prop_map(|(s, b)| Event::Booted { slot: s.into(), boot_id: b.into(), running: String::new() }),
         Just(Event::Healthy),
         Just(Event::Degraded { reason: "r".into() }),
         Just(Event::HealthFailed { reason: "r".into() }),
@@ -211,7 +211,7 @@ proptest! {
                 prop_assert!(!reboot, "staged although the policy allows the reboot");
             }
             if let (State::Rebooting { slot, boot_id, .. }, State::Observing { .. }) = (&state, &next) {
-                let Op::Ev(Event::Booted { slot: s, boot_id: b }) = op else {
+                let Op::Ev(Event::Booted { slot: s, boot_id: b, .. }) = op else {
                     return Err(TestCaseError::fail("left Rebooting for Observing without a boot"));
                 };
                 prop_assert!(s == slot && b != boot_id, "observing a boot that is not the update's");
