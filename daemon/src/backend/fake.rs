@@ -29,8 +29,8 @@ pub fn fake_digest(version: &str) -> String {
 }
 
 /// What the fakes should do. Text form (env `OTPATCH_FAKE_SCRIPT`): comma-separated `key=value`:
-/// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, rollback, lift,
-/// restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
+/// `fail=<step>[:<step>...]` (steps: preflight, segment, fetch, verify, checkpoint, apply, commit, rollback,
+/// lift, restore), `health=healthy|degraded|fail`, `health-fail-after=<duration>`, `delay=<duration>` (every step),
 /// `nothing-to-fetch=true`, `version=<v>`, `kind=livepatch|ab`, `bundle=<path>` (what the fetcher "downloads"),
 /// `kernel-mismatch=true` (the fetched livepatch does not fit the kernel; a bundle fetched by name is a RAUC one).
 /// The A/B fake installs into slot `B` and "reboots" by recording the call (the test then restarts the daemon with
@@ -467,6 +467,9 @@ impl Patcher for FakePatcher {
     }
 
     async fn commit(&self, bundle: &VerifiedBundle) -> BackendResult<()> {
+        if self.world.script.fails("commit") {
+            return Err(BackendError::new(format!("fake {}.commit failure (scripted)", self.name)));
+        }
         let v = bundle.version.clone();
         self.world.record(format!("{}.commit {}", self.name, bundle.version), |w| {
             if !w.committed.contains(&v) {

@@ -71,6 +71,11 @@ pub enum Event {
     ApplyFailed {
         error: String,
     },
+    /// In `Committed`: an A/B update could not be kept (the gateway does not run the slot it was installed into,
+    /// e.g. the power went before the slot was marked good and the bootloader fell back). It is not committed.
+    CommitFailed {
+        error: String,
+    },
     Healthy,
     Degraded {
         reason: String,
@@ -125,6 +130,7 @@ impl Event {
             Event::Booted { .. } => "booted",
             Event::StagedBooted { .. } => "staged-booted",
             Event::ApplyFailed { .. } => "apply-failed",
+            Event::CommitFailed { .. } => "commit-failed",
             Event::Healthy => "healthy",
             Event::Degraded { .. } => "degraded",
             Event::HealthFailed { .. } => "health-failed",

@@ -116,6 +116,8 @@ pub enum Reason {
     },
     /// A transition could not be written to the journal: nothing goes on without it on disk.
     Journal(String),
+    /// The update passed its observation but could not be kept (an A/B slot that does not run any more).
+    CommitFailed(String),
 }
 
 impl fmt::Display for Reason {
@@ -139,6 +141,7 @@ impl fmt::Display for Reason {
                 write!(f, "the gateway came back on slot {slot}, which runs image {running}, not the updated {updated}")
             }
             Reason::Journal(m) => write!(f, "journal write failed: {m}"),
+            Reason::CommitFailed(m) => write!(f, "commit failed: {m}"),
         }
     }
 }

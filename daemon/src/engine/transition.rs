@@ -183,6 +183,9 @@ impl Engine {
             }
 
             // Finishing: lift segmentation, then the window is closed. A failed lift is retried.
+            (S::Committed { window, bundle, checkpoint }, E::CommitFailed { error }) => {
+                rollback(window, bundle, checkpoint, Reason::CommitFailed(error.clone()))
+            }
             (S::Committed { window, bundle, .. }, E::Lifted) => {
                 S::Closed { window: window.clone(), outcome: Outcome::Committed { version: bundle.version.clone() } }
             }

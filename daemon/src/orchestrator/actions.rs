@@ -17,7 +17,10 @@ impl Orchestrator {
                 warn!(error = %e, "failpoint");
                 continue;
             }
-            self.run_effect(effect).await;
+            if let Some(event) = self.run_effect(effect).await {
+                // The rest (discarding the checkpoint, lifting) is not this state's any more: the event decides.
+                return Some(event);
+            }
         }
         let drive = actions.drive?;
         if let Err(e) = self.setup.failpoints.hit(&format!("action:{}", drive.name())) {
@@ -30,12 +33,20 @@ impl Orchestrator {
         applies.then_some(Event::ApplyStarted)
     }
 
-    async fn run_effect(&mut self, effect: Effect) {
+    /// Runs one effect; an event to feed instead of going on when the effect says the state no longer holds.
+    async fn run_effect(&mut self, effect: Effect) -> Option<Event> {
         let b = self.policy.backends.clone();
         match effect {
             Effect::Commit { bundle } => {
                 let patcher = b.patcher(bundle.kind);
                 if let Err(e) = patcher.commit(&bundle).await {
+                    if bundle.kind == crate::engine::PatchKind::Ab {
+                        // The slot it went into does not run (the power went before it was marked good, and
+                        // the bootloader fell back): recording it as committed would say the gateway carries
+                        // an update it does not. Rolled back instead (the slot is marked bad).
+                        error!(error = %e, version = %bundle.version, "commit failed; the A/B update is not kept");
+                        return Some(Event::CommitFailed { error: e.to_string() });
+                    }
                     error!(error = %e, version = %bundle.version, "commit failed; the change stays for this boot");
                     self.out.status.send_modify(|s| s.last_error = format!("commit: {e}"));
                 }
@@ -73,6 +84,7 @@ impl Orchestrator {
                 Err(e) => error!(error = %e, "could not lift stale segmentation"),
             },
         }
+        None
     }
 
     fn segmentation_plan(&self, window: &WindowCtx) -> SegmentationPlan {

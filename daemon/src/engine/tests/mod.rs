@@ -346,3 +346,26 @@ fn states_round_trip_through_json() {
         assert_eq!(serde_json::from_str::<State>(&text).unwrap(), s);
     }
 }
+
+#[test]
+fn an_update_that_cannot_be_kept_is_rolled_back_not_committed() {
+    // The power went between journaling `committed` and RAUC marking the slot good; the bootloader fell back, so
+    // recovery's commit finds the gateway on the old slot: the window must end rolled back, never "committed".
+    let engine = Engine::default();
+    let mut events = happy_prefix();
+    events.push(Event::Healthy);
+    let committed = run(&engine, &events).last().unwrap().0.clone();
+    assert_eq!(committed.name(), "committed");
+    let (recovered, actions) = engine.recover(&committed, true);
+    assert_eq!(recovered, committed, "recovery commits again");
+    assert!(matches!(actions.effects.first(), Some(Effect::Commit { .. })), "{actions:?}");
+    let failed = Event::CommitFailed { error: "the gateway runs slot A, not the updated B".into() };
+    let (s, actions) = engine.step(&committed, &failed).unwrap();
+    let State::RollingBack { reason, checkpoint: kept, .. } = &s else { panic!("{s:?}") };
+    assert_eq!(reason.to_string(), "commit failed: the gateway runs slot A, not the updated B");
+    assert_eq!(kept, &checkpoint(1), "kept for the rollback");
+    assert!(matches!(actions.drive, Some(Drive::Rollback { .. })), "{actions:?}");
+    // Anywhere else it does not fit.
+    let observing = run(&engine, &happy_prefix()).last().unwrap().0.clone();
+    assert!(engine.step(&observing, &failed).is_err());
+}

@@ -55,6 +55,55 @@ async fn a_livepatch_for_another_kernel_falls_back_to_the_policys_ab_bundle() {
     r.stop().await;
 }
 
+/// An A/B update staged in B, observed healthy after the reboot, whose commit fails (in the field: the power went
+/// before the slot was marked good and the bootloader fell back): rolled back, never recorded as committed.
+#[tokio::test(start_paused = true)]
+async fn an_ab_update_whose_commit_fails_is_rolled_back_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let world_file = dir.path().join("world.json");
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(t0()));
+    let ab = |fail: bool| {
+        script(|s| {
+            s.kind = crate::engine::PatchKind::Ab;
+            s.version = "2.0.0".into();
+            if fail {
+                s.fail.push("commit".into());
+            }
+        })
+    };
+    let policy = || settings("[ab]\nreboot = \"in-window\"\nreboot_timeout = \"10m\"\n");
+    let world = FakeWorld::persistent(&world_file, ab(false));
+    let r = start(dir.path(), &world, clock.clone(), policy()).await;
+    r.schedule("2026-12-01T00:10", "90m").await.unwrap();
+    // Bounded: the window opens 10 minutes after t0; an hour is plenty (the clock is paused, so this is instant).
+    for _ in 0..3600 {
+        if world.snapshot().reboots > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(world.snapshot().reboots, 1, "{:?}", world.snapshot().calls);
+    r.stop().await;
+    // The reboot into B, and the observation there passes; the commit does not.
+    let mut state: WorldState = serde_json::from_slice(&std::fs::read(&world_file).unwrap()).unwrap();
+    state.boot_id = "boot-2".into();
+    state.booted_slot = "B".into();
+    std::fs::write(&world_file, serde_json::to_vec(&state).unwrap()).unwrap();
+    let world = FakeWorld::persistent(&world_file, ab(true));
+    let r = start(dir.path(), &world, clock, policy()).await;
+    let mut notices = r.handle.notices.subscribe();
+    let outcome = r.completed(&mut notices).await;
+    assert!(outcome.starts_with("rolled-back: commit failed: fake ab.commit failure"), "{outcome}");
+    let w = world.snapshot();
+    assert!(w.calls.iter().any(|c| c == "ab.revert 2.0.0"), "{:?}", w.calls);
+    assert!(w.committed.is_empty(), "{:?}", w.committed);
+    let committed = crate::committed::Committed::load(&dir.path().join("var/lib/otpatch/committed.json")).unwrap();
+    assert_eq!(committed.version_for("otpatch-demo", crate::engine::PatchKind::Ab), None);
+    let audit = std::fs::read_to_string(dir.path().join("var/lib/otpatch/audit.log")).unwrap();
+    assert!(!audit.contains(r#""kind":"commit""#), "{audit}");
+    r.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_a_fallback_a_livepatch_for_another_kernel_is_refused() {
     let (_dir, world, r, mut notices) = fresh(script(|s| s.kernel_mismatch = true), settings("")).await;
